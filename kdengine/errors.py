@@ -1,0 +1,37 @@
+"""The errors a user can act on.
+
+Every error kdengine raises on purpose is a ``KDEngineError``: the CLI prints its message on one
+line (or several, for a list of recipe problems), exits with code 2 and shows no traceback unless
+``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+
+class KDEngineError(Exception):
+    """Base class: a problem the user can fix (bad recipe, missing file, broken plugin)."""
+
+
+class RecipeError(KDEngineError):
+    """A recipe failed to parse or validate. ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
+
+
+class PluginError(KDEngineError):
+    """A plugin failed to load, declared an unknown hook, or clashes with another plugin."""
+
+
+class DataError(KDEngineError):
+    """A dataset is missing, unreadable or inconsistent; the message names the file."""
+
+
+class CheckpointError(KDEngineError):
+    """A checkpoint is missing, unsafe, or does not match the architecture."""
+
+
+class TrainingError(KDEngineError):
+    """Training cannot go on (for example a non-finite loss)."""

@@ -1,0 +1,1 @@
+"""Built-in kdengine plugin: edges (being written)."""

@@ -1,0 +1,1 @@
+"""Built-in kdengine plugin: superres (being written)."""
