@@ -173,6 +173,9 @@ class Metric(Component):
     """
 
     higher_is_better: ClassVar[bool] = True
+    #: The names of the values ``compute()`` returns when it returns a dict (e.g. ``("ods", "ois")``);
+    #: empty when it returns one scalar, which is reported under the recipe's metric name.
+    keys: ClassVar[tuple[str, ...]] = ()
 
     def build(self, info: DataInfo):
         raise NotImplementedError

@@ -1,0 +1,5 @@
+import sys
+
+from kdengine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""``kdengine validate``: a dry run of a recipe, before spending hours on it.
+
+It builds the dataset, teacher and student, pushes one training batch through the augmentation,
+the teacher, the student and every loss term (so feature taps and adapter shapes are checked),
+and measures parameters, FLOPs (torch.utils.flop_counter) and the batch's memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdengine.catalog import get_catalog
+from kdengine.engine import (StudentObjective, build_loss_terms, count_parameters, describe, prepare_inputs,
+                             tap_paths, teacher_forward)
+from kdengine.errors import CheckpointError, DataError
+from kdengine.features import FeatureTaps
+from kdengine.recipe import Recipe, load_recipe
+
+
+@dataclass
+class ModelReport:
+    role: str
+    model: str
+    params: int
+    forward_flops: int
+    seconds: float
+
+
+@dataclass
+class DryRunReport:
+    recipe: str
+    batch_shape: tuple[int, ...]
+    models: list[ModelReport] = field(default_factory=list)
+    loss_values: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int = 0
+    memory_measured: bool = False
+
+    def lines(self) -> list[str]:
+        out = [f"{self.recipe}: OK", f"  batch: {tuple(self.batch_shape)}"]
+        for m in self.models:
+            out.append(f"  {m.role:<8} {m.model}: {m.params / 1e6:.3f}M params, "
+                       f"{m.forward_flops / 1e9:.3f} GFLOPs per batch forward, {m.seconds * 1e3:.0f} ms")
+        for name, value in self.loss_values.items():
+            out.append(f"  loss {name}: {value:.4f}")
+        kind = "peak (measured)" if self.memory_measured else "estimate (weights, grads, optimizer state, saved activations)"
+        out.append(f"  training memory {kind}: {self.peak_memory_bytes / 2**20:.1f} MiB")
+        return out
+
+
+def _flops(model, inputs) -> tuple[int, float]:
+    counter = FlopCounterMode(display=False)
+    start = time.perf_counter()
+    with torch.inference_mode(), counter:
+        model(inputs)
+    return counter.get_total_flops(), time.perf_counter() - start
+
+
+def dry_run(source, overrides=()) -> DryRunReport:
+    recipe: Recipe = load_recipe(source, overrides=overrides)
+    catalog = get_catalog()
+    provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
+    provider.check()
+    info = provider.info()
+    teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
+    if recipe.teacher.checkpoint is not None:
+        path = Path(recipe.teacher.checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
+        try:
+            teacher = teacher_factory.load(path, info)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{recipe.source}: teacher.checkpoint: {exc}") from None
+    else:
+        teacher = teacher_factory.build(info)
+    teacher.eval().requires_grad_(False)
+    torch.manual_seed(recipe.run.seed)
+    student = catalog.get("student", recipe.student.name)(recipe.student.params).build(info)
+
+    train_set = provider.train_set()
+    if len(train_set) == 0:
+        raise DataError(f"{recipe.source}: data: the train split of '{recipe.data.name}' is empty")
+    loader = DataLoader(train_set, batch_size=min(recipe.train.batch_size, len(train_set)), shuffle=False,
+                        collate_fn=provider.collate_fn())
+    inputs, targets = provider.batch_augment(*next(iter(loader)))
+    inputs = prepare_inputs(inputs, recipe.train.channels_last)
+
+    report = DryRunReport(recipe=recipe.source, batch_shape=tuple(inputs.shape))
+    for role, spec, model in (("teacher", recipe.teacher, teacher), ("student", recipe.student, student)):
+        flops, seconds = _flops(model, inputs)
+        report.models.append(ModelReport(role, describe(spec), count_parameters(model), flops, seconds))
+
+    specs, terms, weights = build_loss_terms(recipe, with_teacher=True)
+    student_paths, teacher_paths = tap_paths(terms)
+    teacher_taps = FeatureTaps(teacher, teacher_paths, role="teacher") if teacher_paths else None
+    objective = StudentObjective(student, terms, student_paths)
+    t_out, t_feats = teacher_forward(teacher, teacher_taps, inputs)
+    with torch.no_grad():
+        probe = objective.context(inputs, targets, t_out, t_feats)
+        for term in terms:
+            term.setup(probe)
+
+    saved = [0]
+
+    def pack(tensor):
+        saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, values = objective(inputs, targets, t_out, t_feats)
+        total = sum(w * v for w, v in zip(weights, values))
+    total.backward()
+    report.loss_values = {s.name: float(v.detach()) for s, v in zip(specs, values)}
+    report.loss_values["total"] = float(total.detach())
+    trainable = sum(p.numel() * p.element_size() for p in objective.parameters())
+    optimizer_slots = 1 if recipe.train.optimizer.name == "sgd" else 2
+    frozen_teacher = sum(p.numel() * p.element_size() for p in teacher.parameters())
+    report.peak_memory_bytes = trainable * (2 + optimizer_slots) + frozen_teacher + saved[0]
+    if torch.cuda.is_available() and inputs.is_cuda:
+        report.peak_memory_bytes = torch.cuda.max_memory_allocated()
+        report.memory_measured = True
+    if teacher_taps:
+        teacher_taps.close()
+    return report

@@ -1,0 +1,433 @@
+"""The distillation loop.
+
+``run(recipe)`` trains (or loads) the teacher, optionally trains the student from scratch as a
+baseline, then trains the same student distilled from the frozen teacher, and writes a run folder::
+
+    runs/<name>-<timestamp>/
+        recipe.json          the resolved recipe
+        environment.json     package versions, device, data and weight hashes
+        metrics.jsonl        one line per stage and epoch: every loss term, metric and the lr
+        checkpoints/<stage>/{best,last}.safetensors
+        results.json, results.md, curves.png, samples.png (when the task draws one)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import broadcast_object_list, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdengine.catalog import get_catalog
+from kdengine.checkpoint import atomic_write_text, save_weights
+from kdengine.components import DataInfo, DatasetProvider, LossContext, LossTerm, ModelFactory
+from kdengine.errors import CheckpointError, DataError, KDEngineError, TrainingError
+from kdengine.features import FeatureTaps
+from kdengine.optim import Schedule, build_optimizer
+from kdengine.progress import StageProgress
+from kdengine.recipe import ComponentSpec, LossSpec, Recipe, TrainSpec, load_recipe, monitored_metric
+from kdengine.results import EpochRecord, Results, StageResult
+from kdengine.rundir import RunFolder
+
+
+def describe(spec: ComponentSpec) -> str:
+    """``name(key=value, ...)``: how a model appears in tables."""
+    if not spec.params:
+        return spec.name
+    args = ", ".join(f"{k}={v}" for k, v in spec.params.items())
+    return f"{spec.name}({args})"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator for this run.
+
+    Accelerate keeps its state in a process-wide singleton; when a single process runs several
+    recipes (notebooks, tests) with different precisions, that state is reset between runs.
+    Under ``accelerate launch`` (several processes) the launcher's state is kept.
+    """
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise KDEngineError(
+            "train.mixed_precision: fp16 needs a GPU; use 'bf16' (fast on CPUs with AVX-512 BF16) or 'no'"
+        )
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks shared with the dry run (kdengine validate)
+
+
+def build_loss_terms(recipe: Recipe, with_teacher: bool) -> tuple[list[LossSpec], list[LossTerm], list[float]]:
+    """The loss terms of a stage and their weights.
+
+    Stages without a teacher keep only the terms that do not need one, with their weights
+    renormalised to sum to 1 (for ``0.9 * KD + 0.1 * CE`` the baseline trains on ``1.0 * CE``).
+    """
+    catalog = get_catalog()
+    specs, terms = [], []
+    for spec in recipe.loss:
+        cls = catalog.get("loss", spec.name)
+        if cls.needs_teacher and not with_teacher:
+            continue
+        specs.append(spec)
+        terms.append(cls(spec.params))
+    weights = [spec.weight for spec in specs]
+    if not with_teacher:
+        total = sum(weights)
+        if total <= 0:
+            raise KDEngineError(
+                f"{recipe.source}: loss: the terms that do not need the teacher have zero total weight"
+            )
+        weights = [w / total for w in weights]
+    return specs, terms, weights
+
+
+class StudentObjective(nn.Module):
+    """The student and its loss terms as one module, so DDP sees every trainable parameter
+    (including the adapters a feature loss owns) inside a single forward pass."""
+
+    def __init__(self, student: nn.Module, terms: list[LossTerm], student_paths: list[str]):
+        super().__init__()
+        self.student = student
+        self.terms = nn.ModuleList(terms)
+        self.taps = FeatureTaps(student, student_paths, role="student") if student_paths else None
+
+    def context(self, inputs, targets, teacher_out, teacher_features) -> LossContext:
+        output = self.student(inputs)
+        return LossContext(
+            inputs=inputs,
+            targets=targets,
+            student=output,
+            teacher=teacher_out,
+            student_features=dict(self.taps.features) if self.taps else {},
+            teacher_features=teacher_features,
+        )
+
+    def forward(self, inputs, targets, teacher_out=None, teacher_features=None):
+        ctx = self.context(inputs, targets, teacher_out, teacher_features or {})
+        return ctx.student, [term(ctx) for term in self.terms]
+
+
+def teacher_forward(teacher: nn.Module | None, taps: FeatureTaps | None, inputs: torch.Tensor):
+    """The frozen teacher's output and tapped features for a batch.
+
+    Computed under inference_mode, then cloned: inference tensors cannot be saved for the
+    student's backward pass, clones can.
+    """
+    if teacher is None:
+        return None, {}
+    with torch.inference_mode():
+        output = teacher(inputs)
+        features = dict(taps.features) if taps else {}
+    return output.clone(), {k: v.clone() for k, v in features.items()}
+
+
+def tap_paths(terms: list[LossTerm]) -> tuple[list[str], list[str]]:
+    student = list(dict.fromkeys(p for t in terms for p in t.student_taps()))
+    teacher = list(dict.fromkeys(p for t in terms for p in t.teacher_taps()))
+    return student, teacher
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def prepare_inputs(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if channels_last and inputs.dim() == 4:
+        return inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# one run
+
+
+@dataclass
+class RunContext:
+    """What every stage of one run shares."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    provider: DatasetProvider
+    info: DataInfo
+    train_set: Any
+    eval_set: Any
+    folder: RunFolder
+    progress: bool
+    metric_objects: list = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def loaders(self, train: TrainSpec) -> tuple[DataLoader, DataLoader]:
+        collate = self.provider.collate_fn()
+        generator = torch.Generator().manual_seed(self.recipe.run.seed)
+        train_loader = DataLoader(
+            self.train_set, batch_size=train.batch_size, shuffle=True, generator=generator,
+            drop_last=len(self.train_set) > train.batch_size, num_workers=train.num_workers,
+            collate_fn=collate, persistent_workers=train.num_workers > 0,
+        )
+        eval_loader = DataLoader(
+            self.eval_set, batch_size=train.eval_batch_size or train.batch_size, shuffle=False,
+            num_workers=train.num_workers, collate_fn=collate,
+        )
+        return train_loader, eval_loader
+
+
+def build_metrics(recipe: Recipe, info: DataInfo) -> list[tuple[ComponentSpec, Any]]:
+    catalog = get_catalog()
+    out = []
+    for spec in recipe.metric:
+        component = catalog.get("metric", spec.name)(spec.params)
+        metric = component.build(info)
+        # Outputs are gathered across processes before update, so every process already holds
+        # the whole evaluation split: a second sync inside torchmetrics would double-count.
+        metric.sync_on_compute = False
+        out.append((spec, metric))
+    return out
+
+
+def evaluate(ctx: RunContext, model: nn.Module, loader: DataLoader, channels_last: bool) -> dict[str, float]:
+    model.eval()
+    for _, metric in ctx.metric_objects:
+        metric.reset()
+    with torch.inference_mode(), ctx.accelerator.autocast():
+        for inputs, targets in loader:
+            inputs = prepare_inputs(inputs, channels_last)
+            outputs = ctx.provider.predict(model, inputs)
+            outputs, targets = ctx.accelerator.gather_for_metrics((outputs, targets))
+            for _, metric in ctx.metric_objects:
+                metric.update(outputs.float(), targets)
+    values: dict[str, float] = {}
+    for spec, metric in ctx.metric_objects:
+        result = metric.compute()
+        if isinstance(result, dict):
+            values.update({k: float(v) for k, v in result.items()})
+        else:
+            values[spec.name] = float(result)
+    return values
+
+
+def is_better(value: float, best: float | None, higher: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if higher else value < best
+
+
+def train_stage(
+    ctx: RunContext,
+    stage: str,
+    spec: ComponentSpec,
+    factory: ModelFactory,
+    train: TrainSpec,
+    teacher: nn.Module | None,
+) -> tuple[nn.Module, StageResult]:
+    """Train one model (the teacher, the scratch student or the distilled student)."""
+    accelerator = ctx.accelerator
+    set_seed(ctx.recipe.run.seed)  # the scratch and distilled students start from the same weights
+    model = factory.build(ctx.info)
+    n_params = count_parameters(model)
+    if train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    specs, terms, weights = build_loss_terms(ctx.recipe, with_teacher=teacher is not None)
+    term_names = [s.name for s in specs]
+    student_paths, teacher_paths = tap_paths(terms)
+    teacher_taps = FeatureTaps(teacher, teacher_paths, role="teacher") if teacher is not None and teacher_paths else None
+    objective = StudentObjective(model, terms, student_paths).to(ctx.device)
+    train_loader, eval_loader = ctx.loaders(train)
+    if len(train_loader) == 0:
+        raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
+
+    # Loss terms that own adapters size them on one real batch before the optimizer exists.
+    inputs, targets = to_device(next(iter(train_loader)), ctx.device)
+    inputs = prepare_inputs(inputs, train.channels_last)
+    with torch.no_grad(), accelerator.autocast():
+        t_out, t_feats = teacher_forward(teacher, teacher_taps, inputs)
+        probe = objective.context(inputs, targets, t_out, t_feats)
+        for term in terms:
+            term.setup(probe)
+    objective.to(ctx.device)
+
+    optimizer = build_optimizer(objective.parameters(), train.optimizer)
+    objective, optimizer, train_loader, eval_loader = accelerator.prepare(
+        objective, optimizer, train_loader, eval_loader
+    )
+    steps = len(train_loader) if train.max_steps_per_epoch is None else min(len(train_loader), train.max_steps_per_epoch)
+    schedule = Schedule(optimizer, train.scheduler, train.epochs, steps,
+                        monitored_metric(ctx.recipe, train)[1])
+    student = accelerator.unwrap_model(objective).student
+
+    monitor, higher_is_better = monitored_metric(ctx.recipe, train)
+    result = StageResult(stage=stage, model=describe(spec), params=n_params)
+    best_value: float | None = None
+    started = time.perf_counter()
+    with StageProgress(stage, train.epochs, steps, enabled=ctx.progress and accelerator.is_main_process) as bar:
+        for epoch in range(1, train.epochs + 1):
+            objective.train()
+            epoch_start = time.perf_counter()
+            sums = torch.zeros(len(terms) + 1, device=ctx.device)
+            seen = 0
+            for step, batch in enumerate(train_loader):
+                if step >= steps:
+                    break
+                inputs, targets = ctx.provider.batch_augment(*batch)
+                inputs = prepare_inputs(inputs, train.channels_last)
+                with accelerator.autocast():
+                    t_out, t_feats = teacher_forward(teacher, teacher_taps, inputs)
+                    _, values = objective(inputs, targets, t_out, t_feats)
+                    total = sum(w * v for w, v in zip(weights, values))
+                if not torch.isfinite(total):
+                    bad = [n for n, v in zip(term_names, values) if not torch.isfinite(v)]
+                    raise TrainingError(
+                        f"{stage}: non-finite loss at epoch {epoch}, step {step + 1} "
+                        f"(terms: {', '.join(bad) or 'total'}); the last good checkpoint is in "
+                        f"{ctx.folder.path / 'checkpoints' / stage}. Lower the learning rate or "
+                        "check the data."
+                    )
+                accelerator.backward(total)
+                if train.grad_clip:
+                    accelerator.clip_grad_norm_(objective.parameters(), train.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+                sums += torch.stack([total.detach().float()] + [v.detach().float() for v in values])
+                seen += 1
+                bar.advance(float(total.detach()))
+            means = (sums / max(seen, 1)).tolist()
+            losses = {"total": means[0], **{n: m for n, m in zip(term_names, means[1:])}}
+            metrics = evaluate(ctx, student, eval_loader, train.channels_last)
+            monitored = metrics[monitor]
+            schedule.end_epoch(monitored)
+            record = EpochRecord(
+                epoch=epoch, losses=losses, metrics=metrics, lr=schedule.lr,
+                seconds=time.perf_counter() - epoch_start,
+            )
+            result.history.append(record)
+            result.last = metrics
+            if epoch in train.report_epochs:
+                result.at_epochs[epoch] = metrics
+            improved = is_better(monitored, best_value, higher_is_better)
+            if improved:
+                best_value, result.best, result.best_epoch = monitored, metrics, epoch
+            ctx.folder.log_epoch(stage, record)
+            if accelerator.is_main_process:
+                ctx.folder.save_checkpoint(stage, student, best=improved)
+            bar.end_epoch(epoch, monitor, monitored)
+    accelerator.wait_for_everyone()
+    result.seconds = time.perf_counter() - started
+    result.checkpoint = ctx.folder.checkpoint_path(stage, "best")
+    if teacher_taps:
+        teacher_taps.close()
+    # The best epoch's weights are the stage's result (and the next stage's teacher).
+    best_model = factory.build(ctx.info)
+    from kdengine.checkpoint import load_weights
+
+    load_weights(best_model, ctx.folder.path / result.checkpoint)
+    if train.channels_last:
+        best_model = best_model.to(memory_format=torch.channels_last)
+    accelerator.free_memory()
+    return best_model.to(ctx.device), result
+
+
+def load_teacher(ctx: RunContext, factory: ModelFactory) -> tuple[nn.Module, StageResult]:
+    spec = ctx.recipe.teacher
+    path = Path(spec.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{ctx.recipe.source}: teacher.checkpoint: file not found: {path}")
+    try:
+        teacher = factory.load(path, ctx.info)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{ctx.recipe.source}: teacher.checkpoint: {exc}") from None
+    train = ctx.recipe.teacher_train()
+    if train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    teacher = teacher.to(ctx.device)
+    _, eval_loader = ctx.loaders(train)
+    eval_loader = ctx.accelerator.prepare_data_loader(eval_loader)
+    metrics = evaluate(ctx, teacher, eval_loader, train.channels_last)
+    result = StageResult(
+        stage="teacher", model=describe(spec), params=count_parameters(teacher), trained=False,
+        best=metrics, last=metrics, checkpoint=str(path),
+    )
+    return teacher, result
+
+
+def run(recipe: Recipe | str | Path | dict, *, overrides: list[str] | tuple = (),
+        progress: bool = True, output_dir: str | Path | None = None) -> Results:
+    """Run a recipe end to end and return its results (also written to the run folder)."""
+    recipe = load_recipe(recipe, overrides=overrides)
+    started = time.perf_counter()
+    accelerator = make_accelerator(recipe.train.mixed_precision)
+    catalog = get_catalog()
+    set_seed(recipe.run.seed)
+
+    provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
+    provider.check()
+    info = provider.info()
+    teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
+    student_factory = catalog.get("student", recipe.student.name)(recipe.student.params)
+    if recipe.teacher.checkpoint is not None and not Path(recipe.teacher.checkpoint).is_file():
+        raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {recipe.teacher.checkpoint}")
+
+    folder = RunFolder.create(recipe, accelerator, output_dir)
+    train_set, eval_set = provider.train_set(), provider.eval_set()
+    for split, data in (("train", train_set), ("eval", eval_set)):
+        if len(data) == 0:
+            raise DataError(f"{recipe.source}: data: the {split} split of '{recipe.data.name}' is empty")
+    monitor, higher_is_better = monitored_metric(recipe)
+    ctx = RunContext(recipe, accelerator, provider, info, train_set, eval_set, folder, progress)
+    ctx.metric_objects = [(s, m.to(accelerator.device)) for s, m in build_metrics(recipe, info)]
+
+    results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=recipe.run.seed,
+                      monitor=monitor, higher_is_better=higher_is_better)
+    if recipe.teacher.checkpoint is not None:
+        teacher, teacher_result = load_teacher(ctx, teacher_factory)
+    else:
+        teacher, teacher_result = train_stage(
+            ctx, "teacher", recipe.teacher, teacher_factory, recipe.teacher_train(), teacher=None
+        )
+    results.stages.append(teacher_result)
+    teacher = frozen(accelerator.prepare_model(teacher, evaluation_mode=True))
+
+    models: dict[str, nn.Module] = {"teacher": teacher}
+    if recipe.train.baseline:
+        models["scratch"], scratch_result = train_stage(
+            ctx, "scratch", recipe.student, student_factory, recipe.train, teacher=None
+        )
+        results.stages.append(scratch_result)
+    models["distilled"], distilled_result = train_stage(
+        ctx, "distilled", recipe.student, student_factory, recipe.train, teacher=teacher
+    )
+    results.stages.append(distilled_result)
+
+    results.seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        folder.finish(results, provider, {k: frozen(m) for k, m in models.items()})
+    accelerator.wait_for_everyone()
+    return results

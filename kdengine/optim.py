@@ -1,0 +1,92 @@
+"""Optimizers and learning-rate schedules named in a recipe's ``[train]`` section."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from kdengine.recipe import OptimizerSpec, SchedulerSpec
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
+            weight_decay=spec.weight_decay,
+        )
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+
+class Schedule:
+    """Per-step warm-up and decay, plus ReduceLROnPlateau stepped once per epoch.
+
+    ``step()`` is called after every optimizer step, ``end_epoch(value)`` after every evaluation.
+    Cosine and step decay are computed per optimizer step so the curve is smooth whatever the
+    epoch length; plateau reacts to the monitored metric.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, spec: SchedulerSpec, epochs: int,
+                 steps_per_epoch: int, higher_is_better: bool = True):
+        self.optimizer = optimizer
+        self.spec = spec
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total_steps = epochs * self.steps_per_epoch
+        self.warmup_steps = spec.warmup_epochs * self.steps_per_epoch
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.step_count = 0
+        self.plateau = None
+        if spec.name == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max" if higher_is_better else "min", factor=spec.factor,
+                patience=spec.patience, min_lr=spec.min_lr,
+            )
+        self._apply()
+
+    def _factor(self, step: int) -> float:
+        spec = self.spec
+        if step < self.warmup_steps:
+            return 0.01 + 0.99 * step / self.warmup_steps
+        if spec.name == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if spec.name == "step":
+            return spec.gamma ** ((step // self.steps_per_epoch) // spec.step_size)
+        return 1.0
+
+    def _apply(self) -> None:
+        if self.plateau is not None and self.step_count >= self.warmup_steps:
+            return  # plateau owns the lr after warm-up
+        factor = self._factor(self.step_count)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            lr = base * factor
+            if self.spec.name == "cosine":
+                lr = self.spec.min_lr + (base - self.spec.min_lr) * factor if self.step_count >= self.warmup_steps else lr
+            group["lr"] = lr
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def end_epoch(self, monitored: float | None) -> None:
+        if self.plateau is not None and self.step_count >= self.warmup_steps and monitored is not None:
+            self.plateau.step(monitored)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count,
+                "plateau": self.plateau.state_dict() if self.plateau else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
+        self._apply()

@@ -1,0 +1,61 @@
+"""What a run produces: one record per stage, serialisable to ``results.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class EpochRecord(BaseModel):
+    epoch: int
+    losses: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lr: float | None = None
+    seconds: float = 0.0
+    skipped_batches: int = 0
+
+
+class StageResult(BaseModel):
+    #: ``teacher``, ``scratch`` (student without the teacher) or ``distilled``.
+    stage: str
+    #: Human-readable model description, e.g. ``timm resnet18 (cifar_stem)``.
+    model: str
+    params: int
+    trained: bool = True
+    best_epoch: int | None = None
+    best: dict[str, float] = Field(default_factory=dict)
+    last: dict[str, float] = Field(default_factory=dict)
+    at_epochs: dict[int, dict[str, float]] = Field(default_factory=dict)
+    history: list[EpochRecord] = Field(default_factory=list)
+    seconds: float = 0.0
+    #: Weights of the best epoch, relative to the run folder.
+    checkpoint: str | None = None
+
+
+class Results(BaseModel):
+    name: str
+    run_dir: str
+    seed: int
+    monitor: str
+    higher_is_better: bool = True
+    stages: list[StageResult] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    def stage(self, name: str) -> StageResult | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def table(self) -> str:
+        from kdengine.report import results_table
+
+        return results_table(self)
+
+    def save(self, path: Path) -> None:
+        from kdengine.checkpoint import atomic_write_text
+
+        atomic_write_text(path, self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "Results":
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -1,0 +1,137 @@
+"""The run folder: ``<output_dir>/<name>-<timestamp>/``, never reused, written by the main process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch import nn
+
+from kdengine.checkpoint import atomic_write, atomic_write_text, save_weights
+from kdengine.errors import KDEngineError
+from kdengine.recipe import Recipe
+from kdengine.results import EpochRecord, Results
+
+#: Refuse to start a run with less free space than this in the output folder.
+MIN_FREE_BYTES = 200 * 2**20
+PACKAGES = ("kdengine", "torch", "torchvision", "accelerate", "timm", "torchmetrics",
+            "segmentation-models-pytorch", "spandrel", "pydantic", "pluggy")
+
+
+def file_sha256(path: Path, limit: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class RunFolder:
+    def __init__(self, path: Path, main: bool):
+        self.path = path
+        self.main = main
+
+    @classmethod
+    def create(cls, recipe: Recipe, accelerator: Accelerator, output_dir: str | Path | None = None) -> "RunFolder":
+        parent = Path(output_dir) if output_dir is not None else recipe.run.output_dir
+        holder: list[str | None] = [None]
+        if accelerator.is_main_process:
+            holder[0] = str(cls._make_unique(recipe, parent))
+        if accelerator.num_processes > 1:
+            broadcast_object_list(holder)
+        folder = cls(Path(holder[0]), accelerator.is_main_process)
+        if folder.main:
+            folder._write_provenance(recipe, accelerator)
+        return folder
+
+    @staticmethod
+    def _make_unique(recipe: Recipe, parent: Path) -> Path:
+        where = f"{recipe.source}: run.output_dir"
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KDEngineError(f"{where}: cannot create '{parent}': {exc.strerror or exc}") from None
+        free = shutil.disk_usage(parent).free
+        if free < MIN_FREE_BYTES:
+            raise KDEngineError(f"{where}: only {free / 2**20:.0f} MiB free in '{parent}'; need at least "
+                                f"{MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints and results")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for attempt in range(1000):
+            suffix = "" if attempt == 0 else f"-{attempt}"
+            path = parent / f"{recipe.run.name}-{stamp}{suffix}"
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise KDEngineError(f"{where}: cannot write in '{parent}': {exc.strerror or exc}") from None
+        raise KDEngineError(f"{where}: could not find a free run folder name in '{parent}'")
+
+    def _write_provenance(self, recipe: Recipe, accelerator: Accelerator) -> None:
+        atomic_write_text(self.path / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+        env = {
+            "versions": _versions(),
+            "platform": platform.platform(),
+            "device": str(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "recipe_source": recipe.source,
+        }
+        if recipe.teacher.checkpoint is not None:
+            env["teacher_checkpoint_sha256"] = file_sha256(Path(recipe.teacher.checkpoint))
+        atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2))
+
+    # -- during training
+
+    def log_epoch(self, stage: str, record: EpochRecord) -> None:
+        if not self.main:
+            return
+        line = json.dumps({"stage": stage, **record.model_dump()})
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+
+    @staticmethod
+    def checkpoint_path(stage: str, which: str) -> str:
+        return f"checkpoints/{stage}/{which}.safetensors"
+
+    def save_checkpoint(self, stage: str, model: nn.Module, best: bool) -> None:
+        meta = {"stage": stage}
+        save_weights(model, self.path / self.checkpoint_path(stage, "last"), metadata=meta)
+        if best:
+            last = self.path / self.checkpoint_path(stage, "last")
+            atomic_write(self.path / self.checkpoint_path(stage, "best"), lambda tmp: shutil.copyfile(last, tmp))
+
+    # -- at the end
+
+    def finish(self, results: Results, provider, models: dict[str, nn.Module]) -> None:
+        from kdengine.report import write_report
+
+        results.save(self.path / "results.json")
+        figure = None
+        try:
+            figure = provider.sample_figure(models, self.path / "samples.png")
+        except Exception as exc:  # a plugin's figure must never cost the run its results
+            warnings.warn(f"the dataset's sample figure failed: {type(exc).__name__}: {exc}")
+        write_report(results, self.path, figure)

@@ -1,0 +1,44 @@
+"""Built-in kdengine plugin: image classification.
+
+Models from timm and torchvision (with a CIFAR stem option and MobileNetV2 width multipliers),
+datasets (scikit-learn digits, CIFAR-100, image folders), Hinton's KD loss and cross-entropy,
+top-1/top-5 accuracy.
+"""
+
+from kdengine import hookimpl
+
+from kdengine_classification.data import Cifar100, Digits, ImageFolder
+from kdengine_classification.losses import CrossEntropy, KLDivergence
+from kdengine_classification.metrics import Top1, Top5
+from kdengine_classification.models import TimmModel, TorchvisionModel
+
+
+@hookimpl
+def register_teachers(register):
+    register("timm", TimmModel)
+    register("torchvision", TorchvisionModel)
+
+
+@hookimpl
+def register_students(register):
+    register("timm", TimmModel)
+    register("torchvision", TorchvisionModel)
+
+
+@hookimpl
+def register_loss_terms(register):
+    register("kl_div", KLDivergence)
+    register("cross_entropy", CrossEntropy)
+
+
+@hookimpl
+def register_datasets(register):
+    register("digits", Digits)
+    register("cifar100", Cifar100)
+    register("image_folder", ImageFolder)
+
+
+@hookimpl
+def register_metrics(register):
+    register("top1", Top1)
+    register("top5", Top5)

@@ -1,0 +1,47 @@
+"""Classification loss terms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from kdengine import LossContext, LossTerm, Params
+
+
+def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015):
+
+        T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), averaged over the batch.
+
+    The T^2 factor keeps the gradient scale of the soft term independent of T.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)
+
+
+class KLDivergence(LossTerm):
+    """Hinton's soft-target loss: T^2 * KL(p_teacher^T || p_student^T)."""
+
+    needs_teacher = True
+
+    class Params(Params):
+        temperature: float = Field(4.0, gt=0)
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        return hinton_kd(ctx.student, ctx.teacher, self.params.temperature)
+
+
+class CrossEntropy(LossTerm):
+    """Cross-entropy to the labels: class indices, or class probabilities after CutMix/Mixup."""
+
+    class Params(Params):
+        label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        targets = ctx.targets
+        if targets.is_floating_point():
+            targets = targets.float()
+        return F.cross_entropy(ctx.student.float(), targets, label_smoothing=self.params.label_smoothing)
