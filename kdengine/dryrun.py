@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdengine.catalog import get_catalog
 from kdengine.engine import (StudentObjective, build_loss_terms, count_parameters, describe, prepare_inputs,
                              tap_paths, teacher_forward)
-from kdengine.errors import CheckpointError, DataError
+from kdengine.errors import CheckpointError, DataError, located
 from kdengine.features import FeatureTaps
 from kdengine.recipe import Recipe, load_recipe
 
@@ -64,30 +64,32 @@ def _flops(model, inputs) -> tuple[int, float]:
 def dry_run(source, overrides=()) -> DryRunReport:
     recipe: Recipe = load_recipe(source, overrides=overrides)
     catalog = get_catalog()
-    provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
-    provider.check()
-    info = provider.info()
+    with located(recipe.source, "data"):
+        provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
+        provider.check()
+        info = provider.info()
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
     if recipe.teacher.checkpoint is not None:
         path = Path(recipe.teacher.checkpoint)
         if not path.is_file():
             raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
-        try:
+        with located(recipe.source, "teacher.checkpoint"):
             teacher = teacher_factory.load(path, info)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{recipe.source}: teacher.checkpoint: {exc}") from None
     else:
-        teacher = teacher_factory.build(info)
+        with located(recipe.source, "teacher"):
+            teacher = teacher_factory.build(info)
     teacher.eval().requires_grad_(False)
     torch.manual_seed(recipe.run.seed)
-    student = catalog.get("student", recipe.student.name)(recipe.student.params).build(info)
+    with located(recipe.source, "student"):
+        student = catalog.get("student", recipe.student.name)(recipe.student.params).build(info)
 
-    train_set = provider.train_set()
-    if len(train_set) == 0:
-        raise DataError(f"{recipe.source}: data: the train split of '{recipe.data.name}' is empty")
-    loader = DataLoader(train_set, batch_size=min(recipe.train.batch_size, len(train_set)), shuffle=False,
-                        collate_fn=provider.collate_fn())
-    inputs, targets = provider.batch_augment(*next(iter(loader)))
+    with located(recipe.source, "data"):
+        train_set = provider.train_set()
+        if len(train_set) == 0:
+            raise DataError(f"the train split of '{recipe.data.name}' is empty")
+        loader = DataLoader(train_set, batch_size=min(recipe.train.batch_size, len(train_set)), shuffle=False,
+                            collate_fn=provider.collate_fn())
+        inputs, targets = provider.batch_augment(*next(iter(loader)))
     inputs = prepare_inputs(inputs, recipe.train.channels_last)
 
     report = DryRunReport(recipe=recipe.source, batch_shape=tuple(inputs.shape))

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from kdengine.catalog import get_catalog
 from kdengine.checkpoint import atomic_write_text, save_weights
 from kdengine.components import DataInfo, DatasetProvider, LossContext, LossTerm, ModelFactory
-from kdengine.errors import CheckpointError, DataError, KDEngineError, TrainingError
+from kdengine.errors import CheckpointError, DataError, KDEngineError, TrainingError, located
 from kdengine.features import FeatureTaps
 from kdengine.optim import Schedule, build_optimizer
 from kdengine.progress import StageProgress
@@ -251,7 +251,9 @@ def train_stage(
     """Train one model (the teacher, the scratch student or the distilled student)."""
     accelerator = ctx.accelerator
     set_seed(ctx.recipe.run.seed)  # the scratch and distilled students start from the same weights
-    model = factory.build(ctx.info)
+    role = "teacher" if stage == "teacher" else "student"
+    with located(ctx.recipe.source, role):
+        model = factory.build(ctx.info)
     n_params = count_parameters(model)
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -355,15 +357,9 @@ def train_stage(
     return best_model.to(ctx.device), result
 
 
-def load_teacher(ctx: RunContext, factory: ModelFactory) -> tuple[nn.Module, StageResult]:
+def evaluate_loaded_teacher(ctx: RunContext, teacher: nn.Module) -> tuple[nn.Module, StageResult]:
+    """A teacher given as a checkpoint is evaluated, not trained."""
     spec = ctx.recipe.teacher
-    path = Path(spec.checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"{ctx.recipe.source}: teacher.checkpoint: file not found: {path}")
-    try:
-        teacher = factory.load(path, ctx.info)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{ctx.recipe.source}: teacher.checkpoint: {exc}") from None
     train = ctx.recipe.teacher_train()
     if train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
@@ -373,7 +369,7 @@ def load_teacher(ctx: RunContext, factory: ModelFactory) -> tuple[nn.Module, Sta
     metrics = evaluate(ctx, teacher, eval_loader, train.channels_last)
     result = StageResult(
         stage="teacher", model=describe(spec), params=count_parameters(teacher), trained=False,
-        best=metrics, last=metrics, checkpoint=str(path),
+        best=metrics, last=metrics, checkpoint=str(spec.checkpoint),
     )
     return teacher, result
 
@@ -387,27 +383,35 @@ def run(recipe: Recipe | str | Path | dict, *, overrides: list[str] | tuple = ()
     catalog = get_catalog()
     set_seed(recipe.run.seed)
 
-    provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
-    provider.check()
-    info = provider.info()
+    with located(recipe.source, "data"):
+        provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
+        provider.check()
+        info = provider.info()
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
     student_factory = catalog.get("student", recipe.student.name)(recipe.student.params)
-    if recipe.teacher.checkpoint is not None and not Path(recipe.teacher.checkpoint).is_file():
-        raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {recipe.teacher.checkpoint}")
+    loaded_teacher = None
+    if recipe.teacher.checkpoint is not None:
+        path = Path(recipe.teacher.checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
+        with located(recipe.source, "teacher.checkpoint"):
+            loaded_teacher = teacher_factory.load(path, info)
 
+    with located(recipe.source, "data"):
+        train_set, eval_set = provider.train_set(), provider.eval_set()
+        for split, data in (("train", train_set), ("eval", eval_set)):
+            if len(data) == 0:
+                raise DataError(f"the {split} split of '{recipe.data.name}' is empty")
     folder = RunFolder.create(recipe, accelerator, output_dir)
-    train_set, eval_set = provider.train_set(), provider.eval_set()
-    for split, data in (("train", train_set), ("eval", eval_set)):
-        if len(data) == 0:
-            raise DataError(f"{recipe.source}: data: the {split} split of '{recipe.data.name}' is empty")
     monitor, higher_is_better = monitored_metric(recipe)
     ctx = RunContext(recipe, accelerator, provider, info, train_set, eval_set, folder, progress)
-    ctx.metric_objects = [(s, m.to(accelerator.device)) for s, m in build_metrics(recipe, info)]
+    with located(recipe.source, "metric"):
+        ctx.metric_objects = [(s, m.to(accelerator.device)) for s, m in build_metrics(recipe, info)]
 
     results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=recipe.run.seed,
                       monitor=monitor, higher_is_better=higher_is_better)
-    if recipe.teacher.checkpoint is not None:
-        teacher, teacher_result = load_teacher(ctx, teacher_factory)
+    if loaded_teacher is not None:
+        teacher, teacher_result = evaluate_loaded_teacher(ctx, loaded_teacher)
     else:
         teacher, teacher_result = train_stage(
             ctx, "teacher", recipe.teacher, teacher_factory, recipe.teacher_train(), teacher=None

@@ -35,3 +35,32 @@ class CheckpointError(KDEngineError):
 
 class TrainingError(KDEngineError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class located:
+    """Context manager: prefix a KDEngineError raised inside with the recipe file and the recipe
+    section it concerns, so every message names the file and the field.
+
+        with located(recipe.source, "data"):
+            provider.check()
+    """
+
+    def __init__(self, source: str, where: str):
+        self.source = source
+        self.where = where
+
+    def __enter__(self) -> "located":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, KDEngineError) or isinstance(exc, RecipeError):
+            return False
+        message = str(exc)
+        if message.startswith(self.source + ":"):
+            return False
+        section = self.where.split(".")[0].split("[")[0]
+        if not message.startswith((section + ".", section + ":", section + "[")):
+            message = f"{self.where}: {message}"
+        new = KDEngineError.__new__(type(exc))
+        Exception.__init__(new, f"{self.source}: {message}")
+        raise new from exc

@@ -160,13 +160,15 @@ class FolderImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image
 
         path, label = self.samples[index]
         try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
+            with Image.open(path) as handle:
+                array = np.asarray(handle.convert("RGB"), dtype=np.uint8)
         except Exception as exc:
             raise DataError(f"{path}: cannot read image ({exc})") from None
+        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
         image = F.interpolate(image[None].float() / 255, size=(self.size, self.size), mode="bilinear",
                               antialias=True, align_corners=False)[0]
         return (image.clamp(0, 1) - self.mean) / self.std, label

@@ -1,0 +1,139 @@
+"""The command line: bad input gives one clear message, exit code 2, no traceback, and leaves
+existing run folders untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from kdengine.cli import main
+
+GOOD = """
+[run]
+name = "cli"
+
+[data]
+name = "digits"
+params = { image_size = 8, train_size = 100 }
+
+[teacher]
+name = "torchvision"
+params = { model = "mobilenet_v2", width_mult = 0.25, cifar_stem = true }
+
+[student]
+name = "torchvision"
+params = { model = "mobilenet_v2", width_mult = 0.25, cifar_stem = true }
+
+[train]
+epochs = 1
+batch_size = 16
+max_steps_per_epoch = 1
+
+[[loss]]
+name = "kl_div"
+weight = 0.9
+params = { temperature = 4.0 }
+
+[[loss]]
+name = "cross_entropy"
+weight = 0.1
+
+[[metric]]
+name = "top1"
+"""
+
+
+def tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def existing_run(tmp_path) -> Path:
+    run = tmp_path / "runs" / "cli-20260101-000000"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "results.json").write_text('{"kept": true}')
+    return run
+
+
+def bad_cases(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
+    """(recipe text, expected fragments in the message, extra args)."""
+    from torch import nn
+
+    from kdengine.checkpoint import save_weights
+
+    wrong_arch = tmp_path / "resnet.safetensors"
+    save_weights(nn.Linear(3, 3), wrong_arch)
+    return [
+        (GOOD.replace('[run]\nname = "cli"', '[run\nname = "cli"'), ["invalid TOML", "line"], []),
+        (GOOD.replace("epochs = 1", 'epochs = "one"'), ["train.epochs: input should be a valid integer"], []),
+        (GOOD.replace("batch_size = 16", "batch_size = 16\nbatchsize = 3"), ["train.batchsize: extra inputs are not permitted"], []),
+        (GOOD.replace('name = "kl_div"', 'name = "kl_dvi"'), ["loss[0].name: unknown loss term 'kl_dvi'", "Did you mean 'kl_div'?"], []),
+        (GOOD.replace("temperature = 4.0", "temprature = 4.0"), ["loss[0].params.temprature: extra inputs are not permitted"], []),
+        (GOOD.replace("temperature = 4.0", "temperature = -4.0"), ["loss[0].params.temperature: input should be greater than 0"], []),
+        (GOOD.replace('name = "digits"\nparams = { image_size = 8, train_size = 100 }',
+                      f'name = "cifar100"\nparams = {{ root = "{(tmp_path / "nodata").as_posix()}" }}'),
+         ["data.params.root: CIFAR-100 not found"], []),
+        (GOOD.replace('[student]', f'checkpoint = "{wrong_arch.as_posix()}"\n\n[student]'),
+         ["teacher.checkpoint", "does not match the architecture"], []),
+        (GOOD.replace('[student]', f'checkpoint = "{(tmp_path / "missing.safetensors").as_posix()}"\n\n[student]'),
+         ["teacher.checkpoint: file not found"], []),
+        (GOOD, ["--set 'train.epochs': expected KEY=VALUE"], ["--set", "train.epochs"]),
+        (GOOD, ["train.epochs: input should be greater than or equal to 1"], ["--set", "train.epochs=0"]),
+    ]
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_bad_input_corpus(tmp_path, existing_run, capsys, command):
+    before = tree_digest(existing_run.parent)
+    for i, (text, fragments, extra) in enumerate(bad_cases(tmp_path)):
+        recipe = tmp_path / f"bad{i}.toml"
+        recipe.write_text(text)
+        args = [command, str(recipe), *extra]
+        if command == "run":
+            args += ["--output-dir", str(existing_run.parent), "--no-progress"]
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 2, (i, err)
+        assert str(recipe) in err or "--set" in err, (i, err)
+        for fragment in fragments:
+            assert fragment in err, (i, fragment, err)
+        assert "Traceback" not in err
+    assert tree_digest(existing_run.parent) == before
+
+
+def test_subprocess_exit_code_and_debug_traceback(tmp_path):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(GOOD.replace("epochs = 1", "epochs = -1"))
+    proc = subprocess.run([sys.executable, "-m", "kdengine", "validate", str(recipe)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: {recipe}: train.epochs:")
+    assert "Traceback" not in proc.stderr
+    debug = subprocess.run([sys.executable, "-m", "kdengine", "--debug", "validate", str(recipe)], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_validate_reports_costs(tmp_path, capsys):
+    recipe = tmp_path / "good.toml"
+    recipe.write_text(GOOD)
+    assert main(["validate", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "params" in out and "GFLOPs" in out and "loss kl_div" in out and "MiB" in out
+
+
+def test_run_prints_the_table(tmp_path, capsys):
+    recipe = tmp_path / "good.toml"
+    recipe.write_text(GOOD)
+    assert main(["run", str(recipe), "--output-dir", str(tmp_path / "runs"), "--no-progress",
+                 "--set", "train.baseline=false"]) == 0
+    out = capsys.readouterr().out
+    assert "student (distilled)" in out and "Run folder:" in out
