@@ -14,6 +14,23 @@ def _add_recipe(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe value, e.g. --set train.epochs=3 (repeatable)")
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(n <= 0 for n in shape):
+        raise argparse.ArgumentTypeError(f"expected positive comma-separated integers, e.g. 3,32,32; got '{text}'")
+    return shape
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2; got '{text}'") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdengine", description="Knowledge distillation from recipes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -23,11 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe(run)
     run.add_argument("--output-dir", help="parent folder of the run folder (default: the recipe's run.output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--seeds", type=_seed_list, help="repeat the run once per seed, e.g. 0,1,2, and report mean ± std")
 
     validate = sub.add_parser("validate", help="dry run: build everything, push one batch, report costs")
     _add_recipe(validate)
 
     sub.add_parser("plugins", help="list plugins and what each registers")
+
+    export = sub.add_parser("export", help="export a run's distilled student, check it, write a model card")
+    export.add_argument("run_dir", help="a run folder (with recipe.json and checkpoints/distilled/best.safetensors)")
+    export.add_argument("--format", required=True, choices=["onnx", "safetensors", "torchscript"])
+    export.add_argument("--output", help="folder for the exported files (default: RUN_DIR/export/<format>)")
+    export.add_argument("--input-shape", type=_shape, help="per-image input shape, e.g. 3,32,32 "
+                        "(default: taken from the recipe's dataset)")
+    export.add_argument("--throughput-batch", type=int, default=32, help="batch size of the throughput measurement")
+    export.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement")
+
+    schema = sub.add_parser("schema", help="write the JSON Schema of recipes, with every installed component's params")
+    schema.add_argument("--output", "-o", help="write to this file instead of standard output")
+
+    layers = sub.add_parser("layers", help="list a recipe model's tappable layers with their output shapes")
+    _add_recipe(layers)
+    layers.add_argument("--role", choices=["student", "teacher"], default="student")
+    layers.add_argument("--input-shape", type=_shape, help="per-image input shape, e.g. 3,32,32 "
+                        "(default: one sample of the recipe's dataset)")
+
+    report = sub.add_parser("report", help="rebuild a run's report; with several runs, compare them in one table")
+    report.add_argument("run_dirs", nargs="+", help="run folders (each with results.json)")
     return parser
 
 
@@ -35,9 +74,40 @@ def cmd_run(args) -> int:
     import kdengine
 
     results = kdengine.run(args.recipe, overrides=args.overrides, progress=not args.no_progress,
-                           output_dir=args.output_dir)
+                           output_dir=args.output_dir, seeds=args.seeds)
     print(results.table())
+    if getattr(results, "stages", None) and any(s.generation for s in results.stages):
+        from kdengine.report import generation_table
+
+        print("\n" + generation_table(results))
     print(f"\nRun folder: {results.run_dir}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from kdengine.errors import KDEngineError
+    from kdengine.report import comparison_table, write_report
+    from kdengine.results import Results
+
+    runs = []
+    for run_dir in map(Path, args.run_dirs):
+        path = run_dir / "results.json"
+        if not path.is_file():
+            raise KDEngineError(f"{run_dir}: not a run folder (no results.json)")
+        try:
+            results = Results.load(path)
+        except Exception as exc:
+            raise KDEngineError(f"{path}: unreadable results ({exc})") from None
+        samples = run_dir / "samples.png"
+        write_report(results, run_dir, samples if samples.is_file() else None)
+        runs.append(results)
+        print(f"wrote {run_dir / 'report.html'}")
+    if len(runs) > 1:
+        print(comparison_table(runs))
+    else:
+        print(runs[0].table())
     return 0
 
 
@@ -61,7 +131,45 @@ def cmd_plugins(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}
+def cmd_export(args) -> int:
+    from kdengine.export import export_run
+
+    report = export_run(args.run_dir, args.format, output_dir=args.output, input_shape=args.input_shape,
+                        throughput_batch=args.throughput_batch, latency_runs=args.latency_runs)
+    atol, rtol = report.tolerance
+    print(f"Exported {report.path} ({report.file_bytes / 2**20:.2f} MiB); max |diff| vs PyTorch "
+          f"{report.max_abs_diff:.3g} (tolerance {atol:g} + {rtol:g} * |output|)")
+    print(f"Model card: {report.card}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    import json
+
+    from kdengine.schema import recipe_schema
+
+    text = json.dumps(recipe_schema(), indent=2)
+    if args.output:
+        from pathlib import Path
+
+        from kdengine.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.output), text + "\n")
+        print(f"Wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from kdengine.layers import format_layers, recipe_layers
+
+    print("\n".join(format_layers(recipe_layers(args.recipe, args.role, args.overrides, args.input_shape))))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins, "report": cmd_report,
+            "export": cmd_export, "schema": cmd_schema, "layers": cmd_layers}
 
 
 def main(argv: list[str] | None = None) -> int:

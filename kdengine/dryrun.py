@@ -21,6 +21,7 @@ from kdengine.engine import (StudentObjective, build_loss_terms, count_parameter
 from kdengine.errors import CheckpointError, DataError, located
 from kdengine.features import FeatureTaps
 from kdengine.recipe import Recipe, load_recipe
+from kdengine.stages import plan_stages
 
 
 @dataclass
@@ -79,9 +80,12 @@ def dry_run(source, overrides=()) -> DryRunReport:
         with located(recipe.source, "teacher"):
             teacher = teacher_factory.build(info)
     teacher.eval().requires_grad_(False)
-    torch.manual_seed(recipe.run.seed)
-    with located(recipe.source, "student"):
-        student = catalog.get("student", recipe.student.name)(recipe.student.params).build(info)
+    plans = [plan for plan in plan_stages(recipe) if plan.role == "student"]
+    models = {"teacher": teacher}
+    for plan in plans:
+        torch.manual_seed(recipe.run.seed)
+        with located(recipe.source, plan.where):
+            models[plan.name] = catalog.get("student", plan.spec.name)(plan.spec.params).build(info)
 
     with located(recipe.source, "data"):
         train_set = provider.train_set()
@@ -93,41 +97,59 @@ def dry_run(source, overrides=()) -> DryRunReport:
     inputs = prepare_inputs(inputs, recipe.train.channels_last)
 
     report = DryRunReport(recipe=recipe.source, batch_shape=tuple(inputs.shape))
-    for role, spec, model in (("teacher", recipe.teacher, teacher), ("student", recipe.student, student)):
-        flops, seconds = _flops(model, inputs)
-        report.models.append(ModelReport(role, describe(spec), count_parameters(model), flops, seconds))
+    described = [("teacher", "teacher", recipe.teacher)] + [(p.name, "student", p.spec) for p in plans]
+    seen_specs = set()
+    for name, role, spec in described:
+        if describe(spec) in seen_specs:
+            continue
+        seen_specs.add(describe(spec))
+        flops, seconds = _flops(models[name], inputs)
+        report.models.append(ModelReport(role, describe(spec), count_parameters(models[name]), flops, seconds))
 
+    # Every distillation pair pushes the batch through all its loss terms (taps, adapters, shapes).
+    pairs = [p for p in plans if p.teacher is not None]
+    for plan in pairs:
+        prefix = f"{plan.name}: " if len(pairs) > 1 else ""
+        values, memory = _check_pair(recipe, models[plan.teacher].eval().requires_grad_(False),
+                                     models[plan.name], inputs, targets)
+        report.loss_values.update({prefix + k: v for k, v in values.items()})
+        report.peak_memory_bytes = max(report.peak_memory_bytes, memory)
+    if torch.cuda.is_available() and inputs.is_cuda:
+        report.peak_memory_bytes = torch.cuda.max_memory_allocated()
+        report.memory_measured = True
+    return report
+
+
+def _check_pair(recipe: Recipe, teacher, student, inputs, targets) -> tuple[dict[str, float], int]:
+    """Loss values for one teacher -> student pair, and the training-memory estimate."""
     specs, terms, weights = build_loss_terms(recipe, with_teacher=True)
     student_paths, teacher_paths = tap_paths(terms)
     teacher_taps = FeatureTaps(teacher, teacher_paths, role="teacher") if teacher_paths else None
     objective = StudentObjective(student, terms, student_paths)
-    t_out, t_feats = teacher_forward(teacher, teacher_taps, inputs)
-    with torch.no_grad():
-        probe = objective.context(inputs, targets, t_out, t_feats)
-        for term in terms:
-            term.setup(probe)
+    try:
+        t_out, t_feats = teacher_forward(teacher, teacher_taps, inputs)
+        with torch.no_grad():
+            probe = objective.context(inputs, targets, t_out, t_feats)
+            for term in terms:
+                term.setup(probe)
+        saved = [0]
 
-    saved = [0]
+        def pack(tensor):
+            saved[0] += tensor.numel() * tensor.element_size()
+            return tensor
 
-    def pack(tensor):
-        saved[0] += tensor.numel() * tensor.element_size()
-        return tensor
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _, values = objective(inputs, targets, t_out, t_feats)
-        total = sum(w * v for w, v in zip(weights, values))
-    total.backward()
-    report.loss_values = {s.name: float(v.detach()) for s, v in zip(specs, values)}
-    report.loss_values["total"] = float(total.detach())
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _, values = objective(inputs, targets, t_out, t_feats)
+            total = sum(w * v for w, v in zip(weights, values))
+        total.backward()
+    finally:
+        if teacher_taps:
+            teacher_taps.close()
+        if objective.taps:
+            objective.taps.close()
+    losses = {s.name: float(v.detach()) for s, v in zip(specs, values)}
+    losses["total"] = float(total.detach())
     trainable = sum(p.numel() * p.element_size() for p in objective.parameters())
     optimizer_slots = 1 if recipe.train.optimizer.name == "sgd" else 2
     frozen_teacher = sum(p.numel() * p.element_size() for p in teacher.parameters())
-    report.peak_memory_bytes = trainable * (2 + optimizer_slots) + frozen_teacher + saved[0]
-    if torch.cuda.is_available() and inputs.is_cuda:
-        report.peak_memory_bytes = torch.cuda.max_memory_allocated()
-        report.memory_measured = True
-    if teacher_taps:
-        teacher_taps.close()
-    return report
+    return losses, trainable * (2 + optimizer_slots) + frozen_teacher + saved[0]

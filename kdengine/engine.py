@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kdengine.catalog import get_catalog
-from kdengine.checkpoint import atomic_write_text, save_weights
+from kdengine.checkpoint import load_weights
 from kdengine.components import DataInfo, DatasetProvider, LossContext, LossTerm, ModelFactory
 from kdengine.errors import CheckpointError, DataError, KDEngineError, TrainingError, located
 from kdengine.features import FeatureTaps
@@ -36,6 +36,7 @@ from kdengine.progress import StageProgress
 from kdengine.recipe import ComponentSpec, LossSpec, Recipe, TrainSpec, load_recipe, monitored_metric
 from kdengine.results import EpochRecord, Results, StageResult
 from kdengine.rundir import RunFolder
+from kdengine.stages import StagePlan, plan_stages
 
 
 def describe(spec: ComponentSpec) -> str:
@@ -172,6 +173,7 @@ class RunContext:
     """What every stage of one run shares."""
 
     recipe: Recipe
+    seed: int
     accelerator: Accelerator
     provider: DatasetProvider
     info: DataInfo
@@ -187,7 +189,7 @@ class RunContext:
 
     def loaders(self, train: TrainSpec) -> tuple[DataLoader, DataLoader]:
         collate = self.provider.collate_fn()
-        generator = torch.Generator().manual_seed(self.recipe.run.seed)
+        generator = torch.Generator().manual_seed(self.seed)
         train_loader = DataLoader(
             self.train_set, batch_size=train.batch_size, shuffle=True, generator=generator,
             drop_last=len(self.train_set) > train.batch_size, num_workers=train.num_workers,
@@ -240,19 +242,13 @@ def is_better(value: float, best: float | None, higher: bool) -> bool:
     return value > best if higher else value < best
 
 
-def train_stage(
-    ctx: RunContext,
-    stage: str,
-    spec: ComponentSpec,
-    factory: ModelFactory,
-    train: TrainSpec,
-    teacher: nn.Module | None,
-) -> tuple[nn.Module, StageResult]:
-    """Train one model (the teacher, the scratch student or the distilled student)."""
+def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher: nn.Module | None) -> StageResult:
+    """Train one model (the teacher, a scratch student or a distilled student) and return its
+    record; its best and last weights are in the run folder."""
     accelerator = ctx.accelerator
-    set_seed(ctx.recipe.run.seed)  # the scratch and distilled students start from the same weights
-    role = "teacher" if stage == "teacher" else "student"
-    with located(ctx.recipe.source, role):
+    stage, spec, train = plan.name, plan.spec, plan.train
+    set_seed(ctx.seed)  # a student starts from the same weights whether distilled or not
+    with located(ctx.recipe.source, plan.where):
         model = factory.build(ctx.info)
     n_params = count_parameters(model)
     if train.channels_last:
@@ -286,7 +282,8 @@ def train_stage(
     student = accelerator.unwrap_model(objective).student
 
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
-    result = StageResult(stage=stage, model=describe(spec), params=n_params)
+    result = StageResult(stage=stage, model=describe(spec), params=n_params, teacher=plan.teacher,
+                         generation=plan.generation)
     best_value: float | None = None
     started = time.perf_counter()
     with StageProgress(stage, train.epochs, steps, enabled=ctx.progress and accelerator.is_main_process) as bar:
@@ -344,51 +341,51 @@ def train_stage(
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - started
     result.checkpoint = ctx.folder.checkpoint_path(stage, "best")
-    if teacher_taps:
-        teacher_taps.close()
-    # The best epoch's weights are the stage's result (and the next stage's teacher).
-    best_model = factory.build(ctx.info)
-    from kdengine.checkpoint import load_weights
-
-    load_weights(best_model, ctx.folder.path / result.checkpoint)
-    if train.channels_last:
-        best_model = best_model.to(memory_format=torch.channels_last)
+    for taps in (teacher_taps, accelerator.unwrap_model(objective).taps):
+        if taps is not None:
+            taps.close()
     accelerator.free_memory()
-    return best_model.to(ctx.device), result
+    return result
 
 
-def evaluate_loaded_teacher(ctx: RunContext, teacher: nn.Module) -> tuple[nn.Module, StageResult]:
+def load_stage_model(ctx: RunContext, plan: StagePlan, factory: ModelFactory, which: str) -> nn.Module:
+    """A finished stage's best or last weights, frozen on the device, ready to teach."""
+    model = factory.build(ctx.info)
+    load_weights(model, ctx.folder.path / ctx.folder.checkpoint_path(plan.name, which))
+    if plan.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return frozen(ctx.accelerator.prepare_model(model.to(ctx.device), evaluation_mode=True))
+
+
+def evaluate_loaded_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module) -> tuple[nn.Module, StageResult]:
     """A teacher given as a checkpoint is evaluated, not trained."""
-    spec = ctx.recipe.teacher
-    train = ctx.recipe.teacher_train()
+    spec, train = plan.spec, plan.train
     if train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
-    teacher = teacher.to(ctx.device)
+    teacher = frozen(ctx.accelerator.prepare_model(teacher.to(ctx.device), evaluation_mode=True))
     _, eval_loader = ctx.loaders(train)
     eval_loader = ctx.accelerator.prepare_data_loader(eval_loader)
     metrics = evaluate(ctx, teacher, eval_loader, train.channels_last)
     result = StageResult(
         stage="teacher", model=describe(spec), params=count_parameters(teacher), trained=False,
-        best=metrics, last=metrics, checkpoint=str(spec.checkpoint),
+        best=metrics, last=metrics, checkpoint=str(spec.checkpoint), generation=plan.generation,
     )
     return teacher, result
 
 
-def run(recipe: Recipe | str | Path | dict, *, overrides: list[str] | tuple = (),
-        progress: bool = True, output_dir: str | Path | None = None) -> Results:
-    """Run a recipe end to end and return its results (also written to the run folder)."""
-    recipe = load_recipe(recipe, overrides=overrides)
+def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Path | None = None,
+            folder_name: str | None = None) -> Results:
+    """Run every stage of a recipe with one seed and return its results (also written to the run folder)."""
     started = time.perf_counter()
     accelerator = make_accelerator(recipe.train.mixed_precision)
     catalog = get_catalog()
-    set_seed(recipe.run.seed)
+    set_seed(seed)
 
     with located(recipe.source, "data"):
         provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
         provider.check()
         info = provider.info()
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
-    student_factory = catalog.get("student", recipe.student.name)(recipe.student.params)
     loaded_teacher = None
     if recipe.teacher.checkpoint is not None:
         path = Path(recipe.teacher.checkpoint)
@@ -402,36 +399,56 @@ def run(recipe: Recipe | str | Path | dict, *, overrides: list[str] | tuple = ()
         for split, data in (("train", train_set), ("eval", eval_set)):
             if len(data) == 0:
                 raise DataError(f"the {split} split of '{recipe.data.name}' is empty")
-    folder = RunFolder.create(recipe, accelerator, output_dir)
+    folder = RunFolder.create(recipe, accelerator, output_dir, folder_name)
     monitor, higher_is_better = monitored_metric(recipe)
-    ctx = RunContext(recipe, accelerator, provider, info, train_set, eval_set, folder, progress)
+    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, eval_set, folder, progress)
     with located(recipe.source, "metric"):
         ctx.metric_objects = [(s, m.to(accelerator.device)) for s, m in build_metrics(recipe, info)]
 
-    results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=recipe.run.seed,
+    results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=seed,
                       monitor=monitor, higher_is_better=higher_is_better)
-    if loaded_teacher is not None:
-        teacher, teacher_result = evaluate_loaded_teacher(ctx, loaded_teacher)
-    else:
-        teacher, teacher_result = train_stage(
-            ctx, "teacher", recipe.teacher, teacher_factory, recipe.teacher_train(), teacher=None
-        )
-    results.stages.append(teacher_result)
-    teacher = frozen(accelerator.prepare_model(teacher, evaluation_mode=True))
-
-    models: dict[str, nn.Module] = {"teacher": teacher}
-    if recipe.train.baseline:
-        models["scratch"], scratch_result = train_stage(
-            ctx, "scratch", recipe.student, student_factory, recipe.train, teacher=None
-        )
-        results.stages.append(scratch_result)
-    models["distilled"], distilled_result = train_stage(
-        ctx, "distilled", recipe.student, student_factory, recipe.train, teacher=teacher
-    )
-    results.stages.append(distilled_result)
+    models: dict[str, nn.Module] = {}  # each finished stage's best weights, frozen
+    plans = plan_stages(recipe)
+    factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
+    by_name = {plan.name: plan for plan in plans}
+    for plan in plans:
+        if plan.name == "teacher" and loaded_teacher is not None:
+            models["teacher"], result = evaluate_loaded_teacher(ctx, plan, loaded_teacher)
+        else:
+            teacher = None
+            if plan.teacher is not None:
+                source = by_name[plan.teacher]
+                teacher = (models[source.name] if plan.weights == "best" or source.name not in factories
+                           or (source.name == "teacher" and loaded_teacher is not None)
+                           else load_stage_model(ctx, source, factories[source.name], "last"))
+            result = train_stage(ctx, plan, factories[plan.name], teacher)
+            models[plan.name] = load_stage_model(ctx, plan, factories[plan.name], "best")
+        results.stages.append(result)
+        if accelerator.is_main_process:
+            results.save(folder.path / "results.json")  # a crash later keeps the finished stages
 
     results.seconds = time.perf_counter() - started
     if accelerator.is_main_process:
-        folder.finish(results, provider, {k: frozen(m) for k, m in models.items()})
+        results.save(folder.path / "results.json")
+        folder.finish(results, provider, models)
     accelerator.wait_for_everyone()
     return results
+
+
+def run(recipe: Recipe | str | Path | dict, *, overrides: list[str] | tuple = (), progress: bool = True,
+        output_dir: str | Path | None = None, seeds: list[int] | None = None) -> Results | "SeedSummary":
+    """Run a recipe and return its results.
+
+    With several seeds (``seeds=[0, 1, 2]`` or ``run.seeds`` in the recipe) the run is repeated
+    once per seed, each in ``<run folder>/seed-<n>/``, and a :class:`SeedSummary` with mean and
+    standard deviation of every stage's best and last metrics is returned (and written as
+    ``summary.json`` / ``summary.md``).
+    """
+    recipe = load_recipe(recipe, overrides=overrides)
+    seeds = seeds or recipe.run.seeds
+    if not seeds:
+        return run_one(recipe, recipe.run.seed, progress=progress,
+                       output_dir=Path(output_dir) if output_dir is not None else None)
+    from kdengine.seeds import run_seeds
+
+    return run_seeds(recipe, seeds, progress=progress, output_dir=output_dir)

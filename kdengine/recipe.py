@@ -31,6 +31,8 @@ class _Section(BaseModel):
 class RunSection(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     seed: int = Field(0, ge=0)
+    #: Repeat the whole run once per seed and report mean +- std (overrides ``seed``).
+    seeds: list[int] | None = Field(None, min_length=1)
     #: Parent folder of run folders; each run gets ``<output_dir>/<name>-<timestamp>``.
     output_dir: Path = Path("runs")
 
@@ -126,14 +128,55 @@ class TeacherSpec(ComponentSpec):
     train: TrainOverride | None = None
 
 
+STAGE_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
+RESERVED_STAGES = ("teacher", "scratch", "distilled", "direct")
+
+
+class GenerationSpec(_Section):
+    """One student generation of a progressive chain; generation 1 is ``[teacher]``."""
+
+    #: The stage's name in tables and the run folder (``checkpoints/<name>/``).
+    name: str = Field(pattern=STAGE_NAME, max_length=60)
+    student: ComponentSpec
+    #: The stage that teaches this generation: ``teacher`` or an earlier generation's name
+    #: (default: the previous generation).
+    teacher: str | None = None
+    #: Which weights of the teaching stage to use: its best epoch or its last.
+    weights: Literal["best", "last"] = "best"
+    train: TrainOverride | None = None
+
+
 class Recipe(_Section):
     run: RunSection
     data: ComponentSpec
     teacher: TeacherSpec
-    student: ComponentSpec
+    #: The student, for a single teacher -> student distillation ...
+    student: ComponentSpec | None = None
+    #: ... or a chain of student generations, each taught by an earlier one.
+    generation: list[GenerationSpec] | None = Field(None, min_length=1)
+    #: With generations: also distil the last generation's student directly from the teacher.
+    direct: bool = False
     train: TrainSpec
     loss: list[LossSpec] = Field(min_length=1)
     metric: list[ComponentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _student_or_generations(self) -> "Recipe":
+        if (self.student is None) == (self.generation is None):
+            raise ValueError("give either [student] or [[generation]] (a progressive chain), not both or neither")
+        if self.direct and self.generation is None:
+            raise ValueError("direct = true needs [[generation]]")
+        seen = ["teacher"]
+        for i, gen in enumerate(self.generation or []):
+            if gen.name in RESERVED_STAGES or gen.name in seen:
+                raise ValueError(f"generation[{i}].name: '{gen.name}' is reserved or already used")
+            if gen.teacher is not None and gen.teacher not in seen:
+                raise ValueError(
+                    f"generation[{i}].teacher: '{gen.teacher}' is not the teacher or an earlier generation "
+                    f"(known: {', '.join(seen)})"
+                )
+            seen.append(gen.name)
+        return self
 
     _source: str = PrivateAttr("<recipe>")
 
@@ -172,10 +215,13 @@ def format_validation_error(exc: ValidationError, prefix: tuple = ()) -> list[st
     problems = []
     for err in exc.errors():
         loc = prefix + tuple(p for p in err["loc"] if p not in ("function-after",))
-        msg = _lower_first(err["msg"].removeprefix("Value error, "))
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "missing required value"
-        problems.append(f"{_format_loc(loc)}: {msg}")
+        if not loc and re.match(r"^[a-z_\[\]0-9.]+: ", msg):
+            problems.append(msg)  # a cross-field check that names its own path
+        else:
+            problems.append(f"{_format_loc(loc)}: {_lower_first(msg)}")
     return problems
 
 
@@ -250,8 +296,10 @@ def _component_problems(recipe: Recipe) -> list[str]:
     specs: list[tuple[str, str, ComponentSpec]] = [
         ("dataset", "data", recipe.data),
         ("teacher", "teacher", recipe.teacher),
-        ("student", "student", recipe.student),
     ]
+    if recipe.student is not None:
+        specs.append(("student", "student", recipe.student))
+    specs += [("student", f"generation[{i}].student", g.student) for i, g in enumerate(recipe.generation or [])]
     specs += [("loss", f"loss[{i}]", spec) for i, spec in enumerate(recipe.loss)]
     specs += [("metric", f"metric[{i}]", spec) for i, spec in enumerate(recipe.metric)]
     problems: list[str] = []
@@ -273,6 +321,9 @@ def _component_problems(recipe: Recipe) -> list[str]:
         monitors = [("train.monitor", recipe.train.monitor)]
         if recipe.teacher.train is not None:
             monitors.append(("teacher.train.monitor", recipe.teacher.train.monitor))
+        for i, gen in enumerate(recipe.generation or []):
+            if gen.train is not None:
+                monitors.append((f"generation[{i}].train.monitor", gen.train.monitor))
         for where, monitor in monitors:
             if monitor is not None and monitor not in columns:
                 problems.append(f"{where}: '{monitor}' is not a metric of this recipe; known: {', '.join(columns)}")

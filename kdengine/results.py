@@ -32,6 +32,10 @@ class StageResult(BaseModel):
     seconds: float = 0.0
     #: Weights of the best epoch, relative to the run folder.
     checkpoint: str | None = None
+    #: The stage that taught this one (None: trained on the labels alone).
+    teacher: str | None = None
+    #: Position in a progressive chain (the teacher is generation 1); None outside chains.
+    generation: int | None = None
 
 
 class Results(BaseModel):

@@ -52,11 +52,13 @@ class RunFolder:
         self.main = main
 
     @classmethod
-    def create(cls, recipe: Recipe, accelerator: Accelerator, output_dir: str | Path | None = None) -> "RunFolder":
+    def create(cls, recipe: Recipe, accelerator: Accelerator, output_dir: str | Path | None = None,
+               folder_name: str | None = None) -> "RunFolder":
+        """A new run folder; ``folder_name`` fixes its name (it must not exist yet)."""
         parent = Path(output_dir) if output_dir is not None else recipe.run.output_dir
         holder: list[str | None] = [None]
         if accelerator.is_main_process:
-            holder[0] = str(cls._make_unique(recipe, parent))
+            holder[0] = str(cls._make_unique(recipe, parent, folder_name))
         if accelerator.num_processes > 1:
             broadcast_object_list(holder)
         folder = cls(Path(holder[0]), accelerator.is_main_process)
@@ -65,7 +67,7 @@ class RunFolder:
         return folder
 
     @staticmethod
-    def _make_unique(recipe: Recipe, parent: Path) -> Path:
+    def _make_unique(recipe: Recipe, parent: Path, folder_name: str | None = None) -> Path:
         where = f"{recipe.source}: run.output_dir"
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -76,9 +78,10 @@ class RunFolder:
             raise KDEngineError(f"{where}: only {free / 2**20:.0f} MiB free in '{parent}'; need at least "
                                 f"{MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints and results")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for attempt in range(1000):
+        base = folder_name or f"{recipe.run.name}-{stamp}"
+        for attempt in range(1 if folder_name else 1000):
             suffix = "" if attempt == 0 else f"-{attempt}"
-            path = parent / f"{recipe.run.name}-{stamp}{suffix}"
+            path = parent / f"{base}{suffix}"
             try:
                 path.mkdir()
                 return path

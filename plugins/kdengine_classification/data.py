@@ -65,6 +65,8 @@ class Digits(_Classification):
         image_size: int = Field(16, ge=8, le=64)
         #: Training images; the rest of the 1,797 are the evaluation split.
         train_size: int = Field(1000, ge=10, le=1700)
+        #: Evaluation images (default: all the images not used for training).
+        eval_size: int | None = Field(None, ge=1)
         split_seed: int = 0
         augment: AugmentParams = AugmentParams()
 
@@ -88,6 +90,8 @@ class Digits(_Classification):
         labels = torch.from_numpy(digits.target).long()
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.params.split_seed))
         train, test = order[: self.params.train_size], order[self.params.train_size:]
+        if self.params.eval_size is not None:
+            test = test[: self.params.eval_size]
         return (InMemoryImages(images[train], labels[train], self.mean, self.std),
                 InMemoryImages(images[test], labels[test], self.mean, self.std))
 

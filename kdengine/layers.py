@@ -1,0 +1,56 @@
+"""``kdengine layers``: the tappable layers of a recipe's teacher or student, with output shapes.
+
+Feature losses (FitNets, attention transfer, CRD, ...) name layers by module path; this lists the
+paths a model really has and what each returns for one sample of the recipe's dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdengine.catalog import get_catalog
+from kdengine.errors import KDEngineError, located
+from kdengine.features import list_layers
+from kdengine.recipe import load_recipe
+
+
+@dataclass(frozen=True)
+class Layer:
+    path: str
+    module: str
+    shape: tuple[int, ...]
+
+
+def recipe_layers(source, role: str, overrides=(), input_shape: tuple[int, ...] | None = None) -> list[Layer]:
+    """Every module of the recipe's ``role`` model that returns a tensor, in call order, for a batch of one."""
+    if role not in ("student", "teacher"):
+        raise KDEngineError(f"--role must be 'student' or 'teacher', not '{role}'")
+    recipe = load_recipe(source, overrides=overrides)
+    catalog = get_catalog()
+    with located(recipe.source, "data"):
+        provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
+        info = provider.info()
+        if input_shape is None:
+            provider.check()
+            data = provider.train_set()
+            if len(data) == 0:
+                raise KDEngineError(f"the train split of '{recipe.data.name}' is empty")
+            sample = data[0][0][None]
+        else:
+            sample = torch.zeros(1, *input_shape)
+    spec = recipe.student if role == "student" else recipe.teacher
+    with located(recipe.source, role):
+        model = catalog.get(role, spec.name)(spec.params).build(info)
+    model.eval()
+    return [Layer(path, module, shape) for path, module, shape in list_layers(model, sample)]
+
+
+def format_layers(layers: list[Layer]) -> list[str]:
+    width = max((len(layer.path) for layer in layers), default=4)
+    type_width = max((len(layer.module) for layer in layers), default=4)
+    lines = [f"{'path':<{width}}  {'module':<{type_width}}  output shape"]
+    for layer in layers:
+        lines.append(f"{layer.path:<{width}}  {layer.module:<{type_width}}  {tuple(layer.shape)}")
+    return lines
