@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train teacher, baseline and distilled student")
-    _add_recipe(run)
+    run.add_argument("recipe", nargs="?", help="a recipe file (TOML)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe value, e.g. --set train.epochs=3 (repeatable)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder")
     run.add_argument("--output-dir", help="parent folder of the run folder (default: the recipe's run.output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--seeds", type=_seed_list, help="repeat the run once per seed, e.g. 0,1,2, and report mean ± std")
@@ -73,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     import kdengine
 
+    if args.resume:
+        if args.recipe or args.overrides or args.seeds:
+            raise KDEngineError("--resume takes the recipe from the run folder; give no recipe, --set or --seeds")
+        from kdengine.engine import resume
+
+        results = resume(args.resume, progress=not args.no_progress)
+        print(results.table())
+        print(f"\nRun folder: {results.run_dir}")
+        return 0
+    if not args.recipe:
+        raise KDEngineError("kdengine run: give a recipe file (or --resume RUN_DIR)")
     results = kdengine.run(args.recipe, overrides=args.overrides, progress=not args.no_progress,
                            output_dir=args.output_dir, seeds=args.seeds)
     print(results.table())

@@ -37,6 +37,7 @@ from kdengine.recipe import ComponentSpec, LossSpec, Recipe, TrainSpec, load_rec
 from kdengine.results import EpochRecord, Results, StageResult
 from kdengine.rundir import RunFolder
 from kdengine.stages import StagePlan, plan_stages
+from kdengine.state import EpochSampler, TrainingState, rng_state, set_rng_state
 
 
 def describe(spec: ComponentSpec) -> str:
@@ -189,9 +190,8 @@ class RunContext:
 
     def loaders(self, train: TrainSpec) -> tuple[DataLoader, DataLoader]:
         collate = self.provider.collate_fn()
-        generator = torch.Generator().manual_seed(self.seed)
         train_loader = DataLoader(
-            self.train_set, batch_size=train.batch_size, shuffle=True, generator=generator,
+            self.train_set, batch_size=train.batch_size, sampler=EpochSampler(len(self.train_set), self.seed),
             drop_last=len(self.train_set) > train.batch_size, num_workers=train.num_workers,
             collate_fn=collate, persistent_workers=train.num_workers > 0,
         )
@@ -242,9 +242,11 @@ def is_better(value: float, best: float | None, higher: bool) -> bool:
     return value > best if higher else value < best
 
 
-def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher: nn.Module | None) -> StageResult:
+def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher: nn.Module | None,
+                resume: TrainingState | None = None) -> StageResult:
     """Train one model (the teacher, a scratch student or a distilled student) and return its
-    record; its best and last weights are in the run folder."""
+    record; its best and last weights are in the run folder. ``resume`` continues a stage from
+    the training state written at the end of its last finished epoch."""
     accelerator = ctx.accelerator
     stage, spec, train = plan.name, plan.spec, plan.train
     set_seed(ctx.seed)  # a student starts from the same weights whether distilled or not
@@ -273,21 +275,29 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher
     objective.to(ctx.device)
 
     optimizer = build_optimizer(objective.parameters(), train.optimizer)
-    objective, optimizer, train_loader, eval_loader = accelerator.prepare(
-        objective, optimizer, train_loader, eval_loader
-    )
-    steps = len(train_loader) if train.max_steps_per_epoch is None else min(len(train_loader), train.max_steps_per_epoch)
-    schedule = Schedule(optimizer, train.scheduler, train.epochs, steps,
-                        monitored_metric(ctx.recipe, train)[1])
-    student = accelerator.unwrap_model(objective).student
-
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
+    steps = len(train_loader) if train.max_steps_per_epoch is None else min(len(train_loader), train.max_steps_per_epoch)
+    schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
     result = StageResult(stage=stage, model=describe(spec), params=n_params, teacher=plan.teacher,
                          generation=plan.generation)
     best_value: float | None = None
-    started = time.perf_counter()
-    with StageProgress(stage, train.epochs, steps, enabled=ctx.progress and accelerator.is_main_process) as bar:
-        for epoch in range(1, train.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        objective.load_state_dict(resume.objective)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.schedule)
+        set_rng_state(resume.rng)
+        result, best_value, first_epoch = resume.result, resume.best_value, resume.epoch + 1
+    objective, optimizer, train_loader, eval_loader = accelerator.prepare(
+        objective, optimizer, train_loader, eval_loader
+    )
+    student = accelerator.unwrap_model(objective).student
+
+    started = time.perf_counter() - result.seconds
+    with StageProgress(stage, train.epochs, steps, enabled=ctx.progress and accelerator.is_main_process,
+                       done=(first_epoch - 1) * steps) as bar:
+        for epoch in range(first_epoch, train.epochs + 1):
+            train_loader.set_epoch(epoch)
             objective.train()
             epoch_start = time.perf_counter()
             sums = torch.zeros(len(terms) + 1, device=ctx.device)
@@ -337,6 +347,10 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher
             ctx.folder.log_epoch(stage, record)
             if accelerator.is_main_process:
                 ctx.folder.save_checkpoint(stage, student, best=improved)
+                result.seconds = time.perf_counter() - started
+                TrainingState(epoch, accelerator.unwrap_model(objective).state_dict(), optimizer.state_dict(),
+                              schedule.state_dict(), rng_state(), best_value, result,
+                              ).save(ctx.folder.state_path(stage))
             bar.end_epoch(epoch, monitor, monitored)
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - started
@@ -374,9 +388,13 @@ def evaluate_loaded_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module
 
 
 def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Path | None = None,
-            folder_name: str | None = None) -> Results:
-    """Run every stage of a recipe with one seed and return its results (also written to the run folder)."""
+            folder_name: str | None = None, resume_dir: Path | None = None) -> Results:
+    """Run every stage of a recipe with one seed and return its results (also written to the run
+    folder). With ``resume_dir``, finished stages are reused and an interrupted one continues from
+    its last finished epoch."""
     started = time.perf_counter()
+    # The run folder's recipe records the seed actually used, so a resume needs nothing else.
+    recipe = with_seed(recipe, seed)
     accelerator = make_accelerator(recipe.train.mixed_precision)
     catalog = get_catalog()
     set_seed(seed)
@@ -399,7 +417,15 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
         for split, data in (("train", train_set), ("eval", eval_set)):
             if len(data) == 0:
                 raise DataError(f"the {split} split of '{recipe.data.name}' is empty")
-    folder = RunFolder.create(recipe, accelerator, output_dir, folder_name)
+    finished: dict[str, StageResult] = {}
+    if resume_dir is not None:
+        folder = RunFolder.reopen(Path(resume_dir), accelerator)
+        if (folder.path / "results.json").is_file():
+            previous = Results.load(folder.path / "results.json")
+            finished = {s.stage: s for s in previous.stages}
+            started -= previous.seconds
+    else:
+        folder = RunFolder.create(recipe, accelerator, output_dir, folder_name)
     monitor, higher_is_better = monitored_metric(recipe)
     ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, eval_set, folder, progress)
     with located(recipe.source, "metric"):
@@ -412,7 +438,13 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
     by_name = {plan.name: plan for plan in plans}
     for plan in plans:
-        if plan.name == "teacher" and loaded_teacher is not None:
+        if plan.name in finished:
+            result = finished[plan.name]
+            models[plan.name] = (loaded_teacher if plan.name == "teacher" and loaded_teacher is not None
+                                 else load_stage_model(ctx, plan, factories[plan.name], "best"))
+            if plan.name == "teacher" and loaded_teacher is not None:
+                models["teacher"] = frozen(accelerator.prepare_model(loaded_teacher.to(ctx.device), evaluation_mode=True))
+        elif plan.name == "teacher" and loaded_teacher is not None:
             models["teacher"], result = evaluate_loaded_teacher(ctx, plan, loaded_teacher)
         else:
             teacher = None
@@ -421,18 +453,44 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
                 teacher = (models[source.name] if plan.weights == "best" or source.name not in factories
                            or (source.name == "teacher" and loaded_teacher is not None)
                            else load_stage_model(ctx, source, factories[source.name], "last"))
-            result = train_stage(ctx, plan, factories[plan.name], teacher)
+            state = None
+            if resume_dir is not None:
+                state_file = folder.state_path(plan.name)
+                state = TrainingState.load(state_file) if state_file.is_file() else None
+                folder.forget_epochs_after(plan.name, state.epoch if state else 0)
+            result = train_stage(ctx, plan, factories[plan.name], teacher, resume=state)
             models[plan.name] = load_stage_model(ctx, plan, factories[plan.name], "best")
         results.stages.append(result)
         if accelerator.is_main_process:
             results.save(folder.path / "results.json")  # a crash later keeps the finished stages
 
     results.seconds = time.perf_counter() - started
+    results.complete = True
     if accelerator.is_main_process:
         results.save(folder.path / "results.json")
         folder.finish(results, provider, models)
     accelerator.wait_for_everyone()
     return results
+
+
+def with_seed(recipe: Recipe, seed: int) -> Recipe:
+    if recipe.run.seed == seed and recipe.run.seeds is None:
+        return recipe
+    updated = recipe.model_copy(update={"run": recipe.run.model_copy(update={"seed": seed, "seeds": None})})
+    updated._source = recipe.source
+    return updated
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> Results:
+    """Continue an interrupted run in its own folder (``kdengine run --resume RUN_DIR``)."""
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.json"
+    if not recipe_file.is_file():
+        raise KDEngineError(f"{run_dir}: not a run folder (no recipe.json)")
+    recipe = load_recipe(recipe_file)
+    if (run_dir / "results.json").is_file() and Results.load(run_dir / "results.json").complete:
+        raise KDEngineError(f"{run_dir}: this run already finished; nothing to resume")
+    return run_one(recipe, recipe.run.seed, progress=progress, resume_dir=run_dir)
 
 
 def run(recipe: Recipe | str | Path | dict, *, overrides: list[str] | tuple = (), progress: bool = True,

@@ -97,6 +97,7 @@ def _sample_inputs(recipe: Recipe, provider, input_shape: tuple[int, ...] | None
         provider.check()
         data = provider.eval_set()
         items = [data[i][0] for i in range(min(count, len(data)))]
+        items = [x for x in items if x.shape == items[0].shape]  # evaluation images may differ in size
     except KDEngineError as exc:
         raise KDEngineError(
             f"{recipe.source}: cannot read sample inputs from the dataset ({exc}); give the input shape "

@@ -9,7 +9,7 @@ console = Console(stderr=True)
 
 
 class StageProgress:
-    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, enabled: bool = True):
+    def __init__(self, stage: str, epochs: int, steps_per_epoch: int, enabled: bool = True, done: int = 0):
         self.stage = stage
         self.epochs = epochs
         self.enabled = enabled
@@ -27,7 +27,8 @@ class StageProgress:
             transient=False,
         )
         self._task = self._progress.add_task(
-            f"{stage} 1/{epochs}", total=epochs * steps_per_epoch, loss="-", metric=""
+            f"{stage} {done // max(steps_per_epoch, 1) + 1}/{epochs}", total=epochs * steps_per_epoch,
+            completed=done, loss="-", metric=""
         )
 
     def __enter__(self) -> "StageProgress":

@@ -119,6 +119,8 @@ class TrainOverride(_Section):
         update = self.model_dump(exclude_unset=True)
         merged = base.model_dump()
         merged.update(update)
+        if "report_epochs" not in update:  # inherited report epochs beyond this stage's length are dropped
+            merged["report_epochs"] = [e for e in base.report_epochs if e <= merged["epochs"]]
         return TrainSpec.model_validate(merged)
 
 
@@ -166,6 +168,14 @@ class Recipe(_Section):
             raise ValueError("give either [student] or [[generation]] (a progressive chain), not both or neither")
         if self.direct and self.generation is None:
             raise ValueError("direct = true needs [[generation]]")
+        overrides = [("teacher.train", self.teacher.train)]
+        overrides += [(f"generation[{i}].train", g.train) for i, g in enumerate(self.generation or [])]
+        for where, override in overrides:
+            if override is not None:
+                try:
+                    override.apply(self.train)
+                except ValidationError as exc:
+                    raise ValueError("; ".join(f"{where}: {p}" for p in format_validation_error(exc))) from None
         seen = ["teacher"]
         for i, gen in enumerate(self.generation or []):
             if gen.name in RESERVED_STAGES or gen.name in seen:

@@ -46,6 +46,8 @@ class Results(BaseModel):
     higher_is_better: bool = True
     stages: list[StageResult] = Field(default_factory=list)
     seconds: float = 0.0
+    #: False while the run is under way (or was interrupted): only finished stages are listed.
+    complete: bool = False
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)

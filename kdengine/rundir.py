@@ -115,6 +115,32 @@ class RunFolder:
             handle.write(line + "\n")
             handle.flush()
 
+    def state_path(self, stage: str) -> Path:
+        return self.path / "checkpoints" / stage / "state.pt"
+
+    @classmethod
+    def reopen(cls, path: Path, accelerator: Accelerator) -> "RunFolder":
+        """An existing run folder, to resume in."""
+        if not (path / "recipe.json").is_file():
+            raise KDEngineError(f"{path}: not a run folder (no recipe.json)")
+        return cls(path, accelerator.is_main_process)
+
+    def forget_epochs_after(self, stage: str, epoch: int) -> None:
+        """Drop log lines of a stage's epochs after ``epoch`` (written before an interruption)."""
+        log = self.path / "metrics.jsonl"
+        if not self.main or not log.is_file():
+            return
+        kept = []
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption
+            if row.get("stage") == stage and row.get("epoch", 0) > epoch:
+                continue
+            kept.append(line)
+        atomic_write_text(log, "".join(l + "\n" for l in kept))
+
     @staticmethod
     def checkpoint_path(stage: str, which: str) -> str:
         return f"checkpoints/{stage}/{which}.safetensors"

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, TypeAdapter, create_model
 from pydantic.json_schema import PydanticJsonSchemaWarning
 
-from kdengine.catalog import KIND_LABELS, get_catalog
+from kdengine.catalog import get_catalog
 from kdengine.recipe import ComponentSpec, LossSpec, Recipe, TeacherSpec
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -74,4 +74,4 @@ def recipe_schema() -> dict[str, Any]:
     return schema
 
 
-__all__ = ["recipe_schema", "KIND_LABELS"]
+__all__ = ["recipe_schema"]

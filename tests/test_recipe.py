@@ -138,3 +138,13 @@ def test_json_round_trip(tiny_recipe, tmp_path):
     path.write_text(json.dumps(recipe.to_dict()))
     again = load_recipe(path)
     assert again.to_dict() == recipe.to_dict()
+
+
+def test_stage_overrides_are_validated_after_merging(tiny_recipe):
+    tiny_recipe["train"].update(epochs=15, report_epochs=[5, 10, 15])
+    tiny_recipe["teacher"]["train"] = {"epochs": 12}
+    recipe = load_recipe(tiny_recipe)
+    assert recipe.teacher_train().report_epochs == [5, 10]  # inherited epochs past the end are dropped
+    tiny_recipe["teacher"]["train"] = {"epochs": 12, "report_epochs": [14]}
+    with pytest.raises(RecipeError, match=r"teacher.train: \(recipe\): report_epochs \[14\] outside 1..epochs \(12\)|teacher.train: .*report_epochs \[14\]"):
+        load_recipe(tiny_recipe)

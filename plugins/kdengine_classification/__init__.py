@@ -27,8 +27,14 @@ def register_students(register):
 
 @hookimpl
 def register_loss_terms(register):
+    from kdengine_classification.kd_methods import DIST, AttentionTransfer, ContrastiveRepresentation, FitNets
+
     register("kl_div", KLDivergence)
     register("cross_entropy", CrossEntropy)
+    register("fitnets", FitNets)
+    register("attention_transfer", AttentionTransfer)
+    register("dist", DIST)
+    register("crd", ContrastiveRepresentation)
 
 
 @hookimpl

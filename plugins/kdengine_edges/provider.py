@@ -1,0 +1,42 @@
+"""What every edge dataset provider shares: DataInfo, batching, prediction and the figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdengine import DataInfo, DatasetProvider
+
+from kdengine_edges.figure import draw_sample_figure
+from kdengine_edges.transforms import collate_edges, split_targets
+
+#: Rows of the sample figure.
+FIGURE_ROWS = 4
+
+
+class EdgeProvider(DatasetProvider):
+    """Base of the edge datasets; subclasses implement ``train_set``/``eval_set``/``check``."""
+
+    def info(self) -> DataInfo:
+        return DataInfo(task="edges", in_channels=3, num_classes=1)
+
+    def collate_fn(self) -> Callable:
+        return collate_edges
+
+    def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs)
+
+    def sample_figure(self, models: dict[str, nn.Module], path: Path) -> Path | None:
+        dataset = self.eval_set()
+        samples = []
+        for index in range(min(FIGURE_ROWS, len(dataset))):
+            image, target = dataset[index]
+            mask, _ = split_targets({k: v[None] for k, v in target.items()}
+                                    if isinstance(target, dict) else target[None])
+            samples.append((image, mask[0]))
+        if not samples:
+            return None
+        return draw_sample_figure(samples, models, self.predict, path)

@@ -1,0 +1,92 @@
+"""Tensor helpers shared by the edge datasets: augmentation, label resizing, batching.
+
+Conventions of the edge plugin:
+- a training item is ``(image 3xHxW float in [0, 1], target 1xHxW float in [0, 1])``;
+- an evaluation item is ``(image, {"mask": 1xHxW, "annotators": KxHxW})``: ``mask`` is the
+  training-style target (for Dice), ``annotators`` holds each human (or simulated) annotator's
+  binary boundary map (for ODS/OIS). :func:`collate_edges` pads batches of mixed sizes and
+  annotator counts with ``PAD`` (-1), which the metrics ignore.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PAD = -1.0
+
+
+def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of a CxHxW float image."""
+    if image.shape[-2:] == (height, width):
+        return image
+    out = F.interpolate(image[None], size=(height, width), mode="bilinear", antialias=True,
+                        align_corners=False)
+    return out[0].clamp_(0.0, 1.0)
+
+
+def resize_label(label: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize a CxHxW boundary map keeping one-pixel boundaries (max over each output cell).
+
+    Bilinear or nearest resizing would fade or break thin boundaries when shrinking.
+    """
+    if label.shape[-2:] == (height, width):
+        return label
+    return F.adaptive_max_pool2d(label[None], (height, width))[0]
+
+
+def random_crop_flip_resize(
+    image: torch.Tensor, label: torch.Tensor, size: int, min_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random square crop (side in [min_scale, 1] x the short side), a random horizontal flip,
+    then a resize to ``size`` x ``size``. Uses torch's global RNG (seeded by the engine)."""
+    height, width = image.shape[-2:]
+    short = min(height, width)
+    scale = min_scale + (1.0 - min_scale) * torch.rand(()).item()
+    side = max(1, min(short, round(scale * short)))
+    top = int(torch.randint(0, height - side + 1, ()).item())
+    left = int(torch.randint(0, width - side + 1, ()).item())
+    image = image[:, top:top + side, left:left + side]
+    label = label[:, top:top + side, left:left + side]
+    if torch.rand(()).item() < 0.5:
+        image, label = image.flip(-1), label.flip(-1)
+    return resize_image(image, size, size), resize_label(label, size, size)
+
+
+def _pad_to(t: torch.Tensor, channels: int, height: int, width: int, value: float) -> torch.Tensor:
+    c, h, w = t.shape
+    if (c, h, w) == (channels, height, width):
+        return t
+    out = t.new_full((channels, height, width), value)
+    out[:c, :h, :w] = t
+    return out
+
+
+def collate_edges(batch):
+    """Stack a batch; pads images (with 0) and targets (with ``PAD``) to the largest size."""
+    images = [item[0] for item in batch]
+    height = max(i.shape[-2] for i in images)
+    width = max(i.shape[-1] for i in images)
+    inputs = torch.stack([_pad_to(i, i.shape[0], height, width, 0.0) for i in images])
+    targets = [item[1] for item in batch]
+    if isinstance(targets[0], dict):
+        k = max(t["annotators"].shape[0] for t in targets)
+        return inputs, {
+            "mask": torch.stack([_pad_to(t["mask"], 1, height, width, PAD) for t in targets]),
+            "annotators": torch.stack(
+                [_pad_to(t["annotators"], k, height, width, PAD) for t in targets]
+            ),
+        }
+    return inputs, torch.stack([_pad_to(t, t.shape[0], height, width, PAD) for t in targets])
+
+
+def eval_target(mask: torch.Tensor, annotators: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"mask": mask.float(), "annotators": annotators.float()}
+
+
+def split_targets(targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask B x 1 x H x W, annotators B x K x H x W)`` from either target format."""
+    if isinstance(targets, dict):
+        return targets["mask"], targets["annotators"]
+    annotators = torch.where(targets < 0, targets, (targets >= 0.5).to(targets.dtype))
+    return targets, annotators

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from kdengine_edges.synthetic import boundaries, render
+from kdengine_edges.synthetic_data import SyntheticEdges
+
+
+def test_boundaries_are_exact_and_on_the_upper_region():
+    labels = np.zeros((6, 6), dtype=np.int32)
+    labels[2:4, 2:4] = 1
+    expected = np.zeros((6, 6), dtype=bool)
+    expected[2:4, 2:4] = True  # every pixel of the 2x2 square touches the background
+    np.testing.assert_array_equal(boundaries(labels), expected)
+    labels[:, :] = 0
+    labels[:, 3:] = 1
+    edge = boundaries(labels)
+    assert edge[:, 3].all() and edge.sum() == 6
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    args = dict(size=32, shapes=(2, 4), noise=0.05, low_contrast=0.3, strokes=2)
+    a_img, a_edge = render(0, "train", 3, **args)
+    b_img, b_edge = render(0, "train", 3, **args)
+    c_img, _ = render(1, "train", 3, **args)
+    d_img, _ = render(0, "eval", 3, **args)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_edge, b_edge)
+    assert not np.array_equal(a_img, c_img) and not np.array_equal(a_img, d_img)
+    assert a_img.shape == (32, 32, 3) and a_img.dtype == np.float32
+    assert 0.0 <= a_img.min() and a_img.max() <= 1.0
+    assert a_edge.dtype == bool
+
+
+def test_provider_splits_shapes_and_determinism():
+    data = SyntheticEdges({"size": 32, "train_size": 6, "eval_size": 3})
+    train, evalset = data.train_set(), data.eval_set()
+    assert len(train) == 6 and len(evalset) == 3
+    image, target = train[0]
+    assert image.shape == (3, 32, 32) and target.shape == (1, 32, 32)
+    assert set(torch.unique(target).tolist()) <= {0.0, 1.0}
+    image, target = evalset[1]
+    assert set(target) == {"mask", "annotators"}
+    assert target["annotators"].shape == (1, 32, 32)
+    again = SyntheticEdges({"size": 32, "train_size": 6, "eval_size": 3}).eval_set()[1]
+    assert torch.equal(again[0], image) and torch.equal(again[1]["mask"], target["mask"])
+    # boundaries are a minority of the pixels but there are some in most images
+    share = torch.stack([evalset[i][1]["mask"] for i in range(3)]).mean()
+    assert 0.01 < share < 0.3
+
+
+def test_train_augmentation_keeps_image_and_target_aligned():
+    data = SyntheticEdges({"size": 32, "train_size": 2, "eval_size": 1, "noise": 0.0})
+    base_image, base_edge = data._split("train", 2)
+    torch.manual_seed(0)
+    for _ in range(8):
+        image, target = data.train_set()[0]
+        # the augmentation is one of the square's symmetries, applied to both
+        candidates = []
+        for flip_w in (False, True):
+            for flip_h in (False, True):
+                for transpose in (False, True):
+                    i, t = base_image[0], base_edge[0]
+                    if flip_w:
+                        i, t = i.flip(-1), t.flip(-1)
+                    if flip_h:
+                        i, t = i.flip(-2), t.flip(-2)
+                    if transpose:
+                        i, t = i.transpose(-1, -2), t.transpose(-1, -2)
+                    candidates.append((i, t))
+        assert any(torch.equal(image, i) and torch.equal(target, t) for i, t in candidates)
+
+
+def test_params_are_validated():
+    with pytest.raises(Exception):
+        SyntheticEdges({"size": 8})
+    with pytest.raises(Exception):
+        SyntheticEdges({"min_shapes": 5, "max_shapes": 2})
+    with pytest.raises(Exception):
+        SyntheticEdges({"colour": "red"})

@@ -1,0 +1,68 @@
+"""kdengine.layers and ``kdengine layers``: a recipe model's tappable layers with their shapes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import TINY_RECIPE
+from kdengine import KDEngineError
+from kdengine.layers import recipe_layers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_student_layers_have_paths_types_and_shapes():
+    layers = {layer.path: layer for layer in recipe_layers(copy.deepcopy(TINY_RECIPE), "student")}
+    assert layers["features.4"].shape == (1, 8, 2, 2)  # digits 8x8, CIFAR stem, x0.25 widths
+    assert layers["features.4"].module == "InvertedResidual"
+    assert layers["classifier.1"].shape == (1, 10)
+
+
+def test_teacher_role_builds_the_teacher():
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["teacher"] = {"name": "timm", "params": {"model": "test_resnet"}}
+    layers = {layer.path: layer.shape for layer in recipe_layers(recipe, "teacher", input_shape=(1, 8, 8))}
+    assert layers["layer1"] == (1, 32, 2, 2) and layers["fc"] == (1, 10)
+    assert "features.4" not in layers
+
+
+def test_listed_layers_can_be_tapped_by_a_feature_loss(tmp_path):
+    from kdengine.dryrun import dry_run
+
+    recipe = copy.deepcopy(TINY_RECIPE)
+    paths = [layer.path for layer in recipe_layers(recipe, "student") if len(layer.shape) == 4]
+    recipe["loss"].append({"name": "attention_transfer", "params": {"pairs": [[paths[-1], paths[-1]]]}})
+    report = dry_run(recipe)
+    assert "attention_transfer" in report.loss_values
+
+
+def test_cli_lists_layers(tmp_path, capsys):
+    import json
+
+    from kdengine.cli import main
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_RECIPE))
+    assert main(["layers", str(path), "--role", "teacher", "--set", "teacher.params.width_mult=0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["path", "module", "output", "shape"]
+    assert any(line.split()[0] == "features.4" and line.endswith("(1, 16, 2, 2)") for line in lines)
+
+
+def test_bad_role_and_cli(capsys):
+    from kdengine.cli import main
+
+    with pytest.raises(KDEngineError, match="--role"):
+        recipe_layers(copy.deepcopy(TINY_RECIPE), "critic")
+    assert main(["layers", "no/such/recipe.toml"]) == 2
+    assert "recipe file not found" in capsys.readouterr().err
