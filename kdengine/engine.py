@@ -301,7 +301,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher
             objective.train()
             epoch_start = time.perf_counter()
             sums = torch.zeros(len(terms) + 1, device=ctx.device)
-            seen = 0
+            seen = skipped = 0
             for step, batch in enumerate(train_loader):
                 if step >= steps:
                     break
@@ -311,17 +311,26 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher
                     t_out, t_feats = teacher_forward(teacher, teacher_taps, inputs)
                     _, values = objective(inputs, targets, t_out, t_feats)
                     total = sum(w * v for w, v in zip(weights, values))
+                problem = None
                 if not torch.isfinite(total):
                     bad = [n for n, v in zip(term_names, values) if not torch.isfinite(v)]
-                    raise TrainingError(
-                        f"{stage}: non-finite loss at epoch {epoch}, step {step + 1} "
-                        f"(terms: {', '.join(bad) or 'total'}); the last good checkpoint is in "
-                        f"{ctx.folder.path / 'checkpoints' / stage}. Lower the learning rate or "
-                        "check the data."
-                    )
-                accelerator.backward(total)
-                if train.grad_clip:
-                    accelerator.clip_grad_norm_(objective.parameters(), train.grad_clip)
+                    problem = f"non-finite loss (terms: {', '.join(bad) or 'total'})"
+                else:
+                    accelerator.backward(total)
+                    # The gradient norm (clipped or not) tells whether any gradient is inf or NaN.
+                    norm = accelerator.clip_grad_norm_(objective.parameters(), train.grad_clip or float("inf"))
+                    if norm is not None and not torch.isfinite(norm):
+                        problem = "non-finite gradients"
+                if problem is not None:
+                    if train.on_nan == "stop":
+                        raise TrainingError(
+                            f"{stage}: {problem} at epoch {epoch}, step {step + 1}; the last good "
+                            f"checkpoint is in {ctx.folder.path / 'checkpoints' / stage}. Lower the "
+                            "learning rate or check the data, or set train.on_nan = \"skip\"."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
@@ -335,7 +344,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, teacher
             schedule.end_epoch(monitored)
             record = EpochRecord(
                 epoch=epoch, losses=losses, metrics=metrics, lr=schedule.lr,
-                seconds=time.perf_counter() - epoch_start,
+                seconds=time.perf_counter() - epoch_start, skipped_batches=skipped,
             )
             result.history.append(record)
             result.last = metrics

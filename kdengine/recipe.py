@@ -88,6 +88,9 @@ class TrainSpec(_Section):
     #: Epochs whose metrics are reported in the results table beside best and last.
     report_epochs: list[int] = Field(default_factory=list)
     grad_clip: float | None = Field(None, gt=0)
+    #: A non-finite loss or gradient: stop the run (keeping the last good checkpoint), or skip
+    #: the batch and count it in the results.
+    on_nan: Literal["stop", "skip"] = "stop"
     num_workers: int = Field(0, ge=0)
     #: Cap on optimizer steps per epoch (quick experiments; None = the whole train split).
     max_steps_per_epoch: int | None = Field(None, ge=1)

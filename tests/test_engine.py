@@ -94,8 +94,30 @@ def test_non_finite_loss_stops_with_the_term_name(tiny_recipe, tmp_path, extra_p
 
     extra_plugin(register_loss_terms=lambda register: register("explode", Explode))
     tiny_recipe["loss"].append({"name": "explode", "weight": 1.0})
-    with pytest.raises(TrainingError, match=r"distilled: non-finite loss at epoch 1, step 1 \(terms: explode\)"):
+    with pytest.raises(TrainingError, match=r"distilled: non-finite loss \(terms: explode\) at epoch 1, step 1"):
         kdengine.run(tiny_recipe, output_dir=tmp_path, progress=False)
+
+
+def test_non_finite_batches_can_be_skipped_and_counted(tiny_recipe, tmp_path, extra_plugin):
+    calls = {"n": 0}
+
+    class SometimesInf(LossTerm):
+        """Infinite on every other call: half the distillation batches must be skipped."""
+
+        needs_teacher = True
+
+        def forward(self, ctx):
+            calls["n"] += 1
+            scale = float("inf") if calls["n"] % 2 == 0 else 0.0
+            return ctx.student.float().mean() * scale
+
+    extra_plugin(register_loss_terms=lambda register: register("sometimes_inf", SometimesInf))
+    tiny_recipe["loss"].append({"name": "sometimes_inf", "weight": 1.0})
+    tiny_recipe["train"].update(on_nan="skip", baseline=False, max_steps_per_epoch=4)
+    results = kdengine.run(tiny_recipe, output_dir=tmp_path, progress=False)
+    record = results.stage("distilled").history[0]
+    assert record.skipped_batches == 2
+    assert results.stage("teacher").history[0].skipped_batches == 0
 
 
 def test_adapters_owned_by_a_loss_term_are_trained(tiny_recipe, tmp_path, extra_plugin):
