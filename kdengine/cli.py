@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder")
+    run.add_argument("--num-processes", type=int, default=1, metavar="N",
+                     help="data-parallel training in N local processes (DDP; gloo on CPU, NCCL on GPUs)")
     run.add_argument("--output-dir", help="parent folder of the run folder (default: the recipe's run.output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--seeds", type=_seed_list, help="repeat the run once per seed, e.g. 0,1,2, and report mean ± std")
@@ -73,8 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launch_processes(args) -> int:
+    """``--num-processes N``: start N copies of this command under torch.distributed.run; Accelerate
+    picks up the process group from its environment (as with ``accelerate launch``)."""
+    import os
+    import subprocess
+
+    import torch
+
+    argv = [a for a in sys.argv[1:]]
+    cut = [i for i, a in enumerate(argv) if a == "--num-processes" or a.startswith("--num-processes=")]
+    for i in reversed(cut):
+        del argv[i:i + (1 if "=" in argv[i] else 2)]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.num_processes}", "-m", "kdengine", *argv]
+    return subprocess.run(command, env=env).returncode
+
+
 def cmd_run(args) -> int:
+    import os
+
     import kdengine
+
+    if args.num_processes < 1:
+        raise KDEngineError("--num-processes: must be at least 1")
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_processes(args)
 
     if args.resume:
         if args.recipe or args.overrides or args.seeds:
@@ -89,6 +118,10 @@ def cmd_run(args) -> int:
         raise KDEngineError("kdengine run: give a recipe file (or --resume RUN_DIR)")
     results = kdengine.run(args.recipe, overrides=args.overrides, progress=not args.no_progress,
                            output_dir=args.output_dir, seeds=args.seeds)
+    from accelerate.state import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one table is enough
+        return 0
     print(results.table())
     if getattr(results, "stages", None) and any(s.generation for s in results.stages):
         from kdengine.report import generation_table

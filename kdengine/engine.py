@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
@@ -65,7 +65,9 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
         raise KDEngineError(
             "train.mixed_precision: fp16 needs a GPU; use 'bf16' (fast on CPUs with AVX-512 BF16) or 'no'"
         )
-    return Accelerator(mixed_precision=mixed_precision)
+    # split_batches: the recipe's batch_size is the global batch, whatever the number of processes.
+    return Accelerator(mixed_precision=mixed_precision,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 # ---------------------------------------------------------------------------------------------
