@@ -155,8 +155,18 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def as_float(outputs: Any) -> Any:
+    """Model outputs in float32 for metrics (bf16 outputs lose digits), also inside lists/tuples:
+    whole images of different sizes are evaluated as lists."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(as_float(o) for o in outputs)
+    return outputs
+
+
 def prepare_inputs(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if channels_last and inputs.dim() == 4:
+    if channels_last and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
         return inputs.contiguous(memory_format=torch.channels_last)
     return inputs
 
@@ -226,8 +236,9 @@ def evaluate(ctx: RunContext, model: nn.Module, loader: DataLoader, channels_las
             inputs = prepare_inputs(inputs, channels_last)
             outputs = ctx.provider.predict(model, inputs)
             outputs, targets = ctx.accelerator.gather_for_metrics((outputs, targets))
+            outputs = as_float(outputs)
             for _, metric in ctx.metric_objects:
-                metric.update(outputs.float(), targets)
+                metric.update(outputs, targets)
     values: dict[str, float] = {}
     for spec, metric in ctx.metric_objects:
         result = metric.compute()

@@ -68,8 +68,11 @@ def distillation_gain(results: Results) -> str:
         return ""
     delta = distilled - scratch
     text = f"Distillation changes {monitor} by {delta:+.4f} over the scratch student"
-    if teacher is not None and abs(teacher - scratch) > 1e-12:
+    sign = 1 if results.higher_is_better else -1
+    if teacher is not None and sign * (teacher - scratch) > 1e-12:
         text += f", closing {100 * delta / (teacher - scratch):.1f}% of the teacher-scratch gap"
+    elif teacher is not None:
+        text += " (the teacher is no better than the scratch student, so there is no gap to close)"
     return text + " (best epochs)."
 
 

@@ -73,3 +73,11 @@ def test_report_command_rebuilds_and_compares(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("student (distilled)") >= 2 and "0.7000" in out
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_gain_sentence_does_not_claim_a_gap_when_the_teacher_is_worse():
+    from kdengine.report import distillation_gain
+
+    results = fake_results(0, 0.95, 0.93)  # teacher 0.9 < scratch 0.95
+    text = distillation_gain(results)
+    assert "-0.0200" in text and "no gap to close" in text and "closing" not in text
