@@ -439,6 +439,15 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
         for split, data in (("train", train_set), ("eval", eval_set)):
             if len(data) == 0:
                 raise DataError(f"the {split} split of '{recipe.data.name}' is empty")
+    plans = plan_stages(recipe)
+    factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
+    # Every architecture is built once before the run folder exists: a bad model parameter stops
+    # the run now, not after hours of teacher training.
+    distinct = {describe(p.spec): p for p in plans if p.name != "teacher" or loaded_teacher is None}
+    for plan in distinct.values():
+        with located(recipe.source, plan.where):
+            factories[plan.name].build(info)
+
     finished: dict[str, StageResult] = {}
     if resume_dir is not None:
         folder = RunFolder.reopen(Path(resume_dir), accelerator)
@@ -456,8 +465,6 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=seed,
                       monitor=monitor, higher_is_better=higher_is_better)
     models: dict[str, nn.Module] = {}  # each finished stage's best weights, frozen
-    plans = plan_stages(recipe)
-    factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
     by_name = {plan.name: plan for plan in plans}
     for plan in plans:
         if plan.name in finished:

@@ -73,6 +73,17 @@ def bad_cases(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
 
     wrong_arch = tmp_path / "resnet.safetensors"
     save_weights(nn.Linear(3, 3), wrong_arch)
+    import os
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"weight": torch.zeros(1), "boom": Payload()}, tmp_path / "evil.pth")
+    for split in ("train", "val"):
+        (tmp_path / "empty" / split / "cat").mkdir(parents=True, exist_ok=True)
     return [
         (GOOD.replace('[run]\nname = "cli"', '[run\nname = "cli"'), ["invalid TOML", "line"], []),
         (GOOD.replace("epochs = 1", 'epochs = "one"'), ["train.epochs: input should be a valid integer"], []),
@@ -88,6 +99,39 @@ def bad_cases(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
         (GOOD.replace('[student]', f'checkpoint = "{(tmp_path / "missing.safetensors").as_posix()}"\n\n[student]'),
          ["teacher.checkpoint: file not found"], []),
         (GOOD, ["--set 'train.epochs': expected KEY=VALUE"], ["--set", "train.epochs"]),
+        ("", ["run: missing required value", "teacher: missing required value"], []),
+        ("\x00\x01binary", ["invalid TOML"], []),
+        (GOOD.replace("[run]", "color = 'blue'\n[run]"), ["color: extra inputs are not permitted"], []),
+        (GOOD.replace('name = "cli"', 'name = "cli"\nname = "twice"'), ["invalid TOML"], []),
+        (GOOD.replace("batch_size = 16", "batch_size = 0"), ["train.batch_size: input should be greater than or equal to 1"], []),
+        (GOOD.replace("max_steps_per_epoch = 1", "max_steps_per_epoch = 1\noptimizer = { name = 'rmsprop', lr = 0.1 }"),
+         ["train.optimizer.name: input should be 'sgd', 'adam' or 'adamw'"], []),
+        (GOOD.replace("max_steps_per_epoch = 1", "max_steps_per_epoch = 1\noptimizer = { name = 'sgd', lr = -0.1 }"),
+         ["train.optimizer.lr: input should be greater than 0"], []),
+        (GOOD.replace("max_steps_per_epoch = 1", "max_steps_per_epoch = 1\nmixed_precision = 'fp8'"),
+         ["train.mixed_precision: input should be 'no', 'bf16' or 'fp16'"], []),
+        (GOOD.replace("max_steps_per_epoch = 1", "max_steps_per_epoch = 1\nmonitor = 'accuracy'"),
+         ["train.monitor: 'accuracy' is not a metric of this recipe"], []),
+        (GOOD.replace("max_steps_per_epoch = 1", "max_steps_per_epoch = 1\nreport_epochs = [3]"),
+         ["report_epochs [3] outside 1..epochs (1)"], []),
+        (GOOD.replace('name = "cli"', 'name = "cli"\nseed = -1'), ["run.seed: input should be greater than or equal to 0"], []),
+        (GOOD.replace('name = "cli"', 'name = "cli/../../etc"'), ["run.name: string should match pattern"], []),
+        (GOOD.replace('name = "top1"', 'name = "top1"\nparams = { k = 3 }'), ["metric[0].params.k: extra inputs are not permitted"], []),
+        (GOOD.replace('name = "digits"', 'name = "digitz"'), ["data.name: unknown dataset 'digitz'. Did you mean 'digits'?"], []),
+        (GOOD.replace('[student]\nname = "torchvision"', '[student]\nname = "torchvison"'),
+         ["student.name: unknown student 'torchvison'. Did you mean 'torchvision'?"], []),
+        (GOOD.replace('model = "mobilenet_v2", width_mult = 0.25, cifar_stem = true }\n\n[train]',
+                      'model = "mobilenet_v9", cifar_stem = true }\n\n[train]'), ["student: torchvision has no model 'mobilenet_v9'"], []),
+        (GOOD.replace("image_size = 8", "image_size = 2"), ["data.params.image_size: input should be greater than or equal to 8"], []),
+        (GOOD.replace('name = "digits"\nparams = { image_size = 8, train_size = 100 }',
+                      f'name = "image_folder"\nparams = {{ root = "{(tmp_path / "empty").as_posix()}", image_size = 16 }}'),
+         ["data: ", "is empty"], []),
+        (GOOD.replace('[student]', f'checkpoint = "{(tmp_path / "evil.pth").as_posix()}"\n\n[student]'),
+         ["teacher.checkpoint", "refused to load"], []),
+        (GOOD.replace('[student]', '[[generation]]\nname = "g2"\nteacher = "g9"\nstudent = { name = "torchvision", params = { model = "mobilenet_v2" } }\n\n[student]'),
+         ["either [student] or [[generation]]"], []),
+        (GOOD.replace('[[loss]]\nname = "cross_entropy"\nweight = 0.1\n', ''),
+         ["every loss term needs the teacher"], []),
         (GOOD, ["train.epochs: input should be greater than or equal to 1"], ["--set", "train.epochs=0"]),
     ]
 
@@ -109,6 +153,20 @@ def test_bad_input_corpus(tmp_path, existing_run, capsys, command):
             assert fragment in err, (i, fragment, err)
         assert "Traceback" not in err
     assert tree_digest(existing_run.parent) == before
+
+
+def test_unwritable_output_folder_is_refused_before_training(tmp_path, capsys):
+    recipe = tmp_path / "good.toml"
+    recipe.write_text(GOOD)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["run", str(recipe), "--output-dir", str(blocker / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{recipe}: run.output_dir: cannot create" in err and "Traceback" not in err
+
+
+def test_corpus_is_large_enough(tmp_path):
+    assert len(bad_cases(tmp_path)) >= 25
 
 
 def test_subprocess_exit_code_and_debug_traceback(tmp_path):
