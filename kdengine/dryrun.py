@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdengine.catalog import get_catalog
-from kdengine.engine import (StudentObjective, build_loss_terms, count_parameters, describe, prepare_inputs,
-                             tap_paths, teacher_forward)
-from kdengine.errors import CheckpointError, DataError, located
+from kdengine.engine import (StudentObjective, build_loss_terms, count_parameters, describe,
+                             load_teacher_checkpoint, prepare_inputs, tap_paths, teacher_forward)
+from kdengine.errors import DataError, located
 from kdengine.features import FeatureTaps
 from kdengine.recipe import Recipe, load_recipe
 from kdengine.stages import plan_stages
@@ -70,13 +69,8 @@ def dry_run(source, overrides=()) -> DryRunReport:
         provider.check()
         info = provider.info()
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
-    if recipe.teacher.checkpoint is not None:
-        path = Path(recipe.teacher.checkpoint)
-        if not path.is_file():
-            raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
-        with located(recipe.source, "teacher.checkpoint"):
-            teacher = teacher_factory.load(path, info)
-    else:
+    teacher = load_teacher_checkpoint(recipe, teacher_factory, info)
+    if teacher is None:
         with located(recipe.source, "teacher"):
             teacher = teacher_factory.build(info)
     teacher.eval().requires_grad_(False)

@@ -13,16 +13,15 @@ baseline, then trains the same student distilled from the frozen teacher, and wr
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -38,6 +37,9 @@ from kdengine.results import EpochRecord, Results, StageResult
 from kdengine.rundir import RunFolder
 from kdengine.stages import StagePlan, plan_stages
 from kdengine.state import EpochSampler, TrainingState, rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from kdengine.seeds import SeedSummary
 
 
 def describe(spec: ComponentSpec) -> str:
@@ -393,6 +395,17 @@ def load_stage_model(ctx: RunContext, plan: StagePlan, factory: ModelFactory, wh
     return frozen(ctx.accelerator.prepare_model(model.to(ctx.device), evaluation_mode=True))
 
 
+def load_teacher_checkpoint(recipe: Recipe, factory: ModelFactory, info: DataInfo) -> nn.Module | None:
+    """The teacher from ``teacher.checkpoint``, or None when the recipe trains it."""
+    if recipe.teacher.checkpoint is None:
+        return None
+    path = Path(recipe.teacher.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
+    with located(recipe.source, "teacher.checkpoint"):
+        return factory.load(path, info)
+
+
 def evaluate_loaded_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module) -> tuple[nn.Module, StageResult]:
     """A teacher given as a checkpoint is evaluated, not trained."""
     spec, train = plan.spec, plan.train
@@ -426,13 +439,7 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
         provider.check()
         info = provider.info()
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
-    loaded_teacher = None
-    if recipe.teacher.checkpoint is not None:
-        path = Path(recipe.teacher.checkpoint)
-        if not path.is_file():
-            raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
-        with located(recipe.source, "teacher.checkpoint"):
-            loaded_teacher = teacher_factory.load(path, info)
+    loaded_teacher = load_teacher_checkpoint(recipe, teacher_factory, info)
 
     with located(recipe.source, "data"):
         train_set, eval_set = provider.train_set(), provider.eval_set()

@@ -12,7 +12,6 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch import nn

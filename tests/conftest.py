@@ -37,6 +37,17 @@ TINY_RECIPE = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_recipe() -> dict:
     return copy.deepcopy(TINY_RECIPE)

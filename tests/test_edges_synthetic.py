@@ -78,3 +78,25 @@ def test_params_are_validated():
         SyntheticEdges({"min_shapes": 5, "max_shapes": 2})
     with pytest.raises(Exception):
         SyntheticEdges({"colour": "red"})
+
+
+def test_label_miss_drops_whole_outlines_from_training_labels_only():
+    exact = SyntheticEdges({"size": 32, "train_size": 8, "eval_size": 2})
+    partial = SyntheticEdges({"size": 32, "train_size": 8, "eval_size": 2, "label_miss": 0.5})
+    (img_a, edge_a), (img_b, edge_b) = exact._split("train", 8), partial._split("train", 8)
+    torch.testing.assert_close(img_a, img_b)  # the images do not depend on the labels' noise
+    assert bool((edge_b <= edge_a).all()) and edge_b.sum() < edge_a.sum()
+    # evaluation keeps every exact boundary
+    assert torch.equal(exact.eval_set()[1][1]["mask"], partial.eval_set()[1][1]["mask"])
+
+
+def test_annotator_boundaries_remove_a_region_outline():
+    from kdengine_edges.synthetic import annotator_boundaries
+
+    labels = np.zeros((8, 8), dtype=np.int32)
+    labels[1:4, 1:4] = 1
+    labels[5:7, 5:7] = 2
+    np.testing.assert_array_equal(annotator_boundaries(labels, 0, "train", 0, 0.0),
+                                  boundaries(labels))
+    kept = annotator_boundaries(labels, 0, "train", 0, 0.999)
+    assert not kept.any()

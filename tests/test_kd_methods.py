@@ -17,13 +17,7 @@ from kdengine_classification.models import TimmModel, TorchvisionModel
 DIGITS = DataInfo(task="classification", in_channels=1, num_classes=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def feature_ctx(student: dict, teacher: dict, logits_s=None, logits_t=None) -> LossContext:

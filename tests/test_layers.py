@@ -5,20 +5,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 
 from conftest import TINY_RECIPE
 from kdengine import KDEngineError
 from kdengine.layers import recipe_layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_student_layers_have_paths_types_and_shapes():

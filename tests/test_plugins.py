@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from kdengine import PluginError, hookimpl, load_recipe
+from kdengine import PluginError, hookimpl
 from kdengine.catalog import build_catalog, get_catalog
 from kdengine.cli import main
 from kdengine.hookspecs import KINDS

@@ -22,13 +22,7 @@ DIGITS = DataInfo(task="classification", in_channels=1, num_classes=10)
 MOBILENET = {"model": "mobilenet_v2", "width_mult": 0.25, "cifar_stem": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
