@@ -111,6 +111,31 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
 def render(seed: int, split: str, index: int, size: int, shapes: tuple[int, int],
            noise: float, low_contrast: float, strokes: int) -> tuple[np.ndarray, np.ndarray]:
     """One scene: ``(image HxWx3 float32 in [0, 1], boundary HxW bool)``."""
+    image, labels = scene(seed, split, index, size, shapes, noise, low_contrast, strokes)
+    return image, boundaries(labels)
+
+
+def annotator_boundaries(labels: np.ndarray, seed: int, split: str, index: int,
+                         miss: float) -> np.ndarray:
+    """The boundaries one simulated annotator draws: each region's outline is left out whole
+    with probability ``miss``, as BSDS annotators leave out contours they judge unimportant.
+
+    A boundary pixel lies on the upper region (see :func:`boundaries`), so a region's outline is
+    the boundary pixels carrying its label. Uses its own random stream: the image does not change
+    with ``miss``.
+    """
+    edge = boundaries(labels)
+    if miss <= 0.0:
+        return edge
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split], index, 1])
+    regions = np.arange(1, int(labels.max()) + 1)
+    dropped = regions[rng.uniform(size=len(regions)) < miss]
+    return edge & ~np.isin(labels, dropped)
+
+
+def scene(seed: int, split: str, index: int, size: int, shapes: tuple[int, int],
+          noise: float, low_contrast: float, strokes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: ``(image HxWx3 float32 in [0, 1], region labels HxW int32)``."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     image = _texture(rng, yy, xx, size)
@@ -131,4 +156,4 @@ def render(seed: int, split: str, index: int, size: int, shapes: tuple[int, int]
     sigma = rng.uniform(0.3, 1.0)
     image = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0))
     image = image + rng.normal(0.0, noise * rng.uniform(0.5, 1.5), image.shape)
-    return np.clip(image, 0.0, 1.0).astype(np.float32), boundaries(labels)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), labels

@@ -11,17 +11,18 @@ from pydantic import Field, model_validator
 from kdengine import Params
 
 from kdengine_edges.provider import EdgeProvider
-from kdengine_edges.synthetic import render
+from kdengine_edges.synthetic import annotator_boundaries, boundaries, scene
 from kdengine_edges.transforms import eval_target
 
 
 @lru_cache(maxsize=8)
-def _generate(seed, split, count, size, shapes, noise, low_contrast, strokes):
+def _generate(seed, split, count, size, shapes, noise, low_contrast, strokes, label_miss=0.0):
     images, edges = [], []
     for index in range(count):
-        image, edge = render(seed, split, index, size, shapes, noise, low_contrast, strokes)
+        image, labels = scene(seed, split, index, size, shapes, noise, low_contrast, strokes)
         images.append(image)
-        edges.append(edge)
+        edges.append(annotator_boundaries(labels, seed, split, index, label_miss)
+                     if label_miss > 0 else boundaries(labels))
     images_t = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     edges_t = torch.from_numpy(np.stack(edges)).unsqueeze(1).float()
     return images_t, edges_t
@@ -64,6 +65,11 @@ class SyntheticEdges(EdgeProvider):
         low_contrast: float = Field(0.3, ge=0.0, le=1.0,
                                     description="share of shapes nearly the colour beneath")
         strokes: int = Field(3, ge=0, description="at most this many non-boundary strokes")
+        label_miss: float = Field(
+            0.0, ge=0.0, lt=1.0,
+            description="training labels only: chance that the (simulated) annotator leaves a "
+            "region's outline out, as BSDS annotators do; evaluation always uses every boundary",
+        )
 
         @model_validator(mode="after")
         def _shape_range(self):
@@ -73,8 +79,9 @@ class SyntheticEdges(EdgeProvider):
 
     def _split(self, split: str, count: int):
         p = self.params
+        miss = p.label_miss if split == "train" else 0.0
         return _generate(p.seed, split, count, p.size, (p.min_shapes, p.max_shapes), p.noise,
-                         p.low_contrast, p.strokes)
+                         p.low_contrast, p.strokes, miss)
 
     def train_set(self) -> torch.utils.data.Dataset:
         return SyntheticEdgeSet(*self._split("train", self.params.train_size), train=True)
