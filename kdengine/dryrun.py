@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdengine.catalog import get_catalog
 from kdengine.engine import (StudentObjective, build_loss_terms, count_parameters, describe,
-                             load_teacher_checkpoint, prepare_inputs, tap_paths, teacher_forward)
+                             load_teacher_checkpoint, open_dataset, prepare_inputs, tap_paths, teacher_forward)
 from kdengine.errors import DataError, located
 from kdengine.features import FeatureTaps
 from kdengine.recipe import Recipe, load_recipe
@@ -64,10 +64,7 @@ def _flops(model, inputs) -> tuple[int, float]:
 def dry_run(source, overrides=()) -> DryRunReport:
     recipe: Recipe = load_recipe(source, overrides=overrides)
     catalog = get_catalog()
-    with located(recipe.source, "data"):
-        provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
-        provider.check()
-        info = provider.info()
+    provider, info = open_dataset(recipe)
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
     teacher = load_teacher_checkpoint(recipe, teacher_factory, info)
     if teacher is None:

@@ -395,6 +395,14 @@ def load_stage_model(ctx: RunContext, plan: StagePlan, factory: ModelFactory, wh
     return frozen(ctx.accelerator.prepare_model(model.to(ctx.device), evaluation_mode=True))
 
 
+def open_dataset(recipe: Recipe) -> tuple[DatasetProvider, DataInfo]:
+    """The recipe's dataset provider, checked (missing files are reported now), and its info."""
+    with located(recipe.source, "data"):
+        provider = get_catalog().get("dataset", recipe.data.name)(recipe.data.params)
+        provider.check()
+        return provider, provider.info()
+
+
 def load_teacher_checkpoint(recipe: Recipe, factory: ModelFactory, info: DataInfo) -> nn.Module | None:
     """The teacher from ``teacher.checkpoint``, or None when the recipe trains it."""
     if recipe.teacher.checkpoint is None:
@@ -434,10 +442,7 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     catalog = get_catalog()
     set_seed(seed)
 
-    with located(recipe.source, "data"):
-        provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
-        provider.check()
-        info = provider.info()
+    provider, info = open_dataset(recipe)
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
     loaded_teacher = load_teacher_checkpoint(recipe, teacher_factory, info)
 
