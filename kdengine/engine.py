@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -63,6 +63,7 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     """
     if PartialState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise KDEngineError(
             "train.mixed_precision: fp16 needs a GPU; use 'bf16' (fast on CPUs with AVX-512 BF16) or 'no'"
