@@ -63,11 +63,10 @@ class Schedule:
         if self.plateau is not None and self.step_count >= self.warmup_steps:
             return  # plateau owns the lr after warm-up
         factor = self._factor(self.step_count)
+        # Cosine decays towards min_lr once warm-up is over; everything else scales the base lr.
+        floor = self.spec.min_lr if self.spec.name == "cosine" and self.step_count >= self.warmup_steps else 0.0
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            lr = base * factor
-            if self.spec.name == "cosine":
-                lr = self.spec.min_lr + (base - self.spec.min_lr) * factor if self.step_count >= self.warmup_steps else lr
-            group["lr"] = lr
+            group["lr"] = floor + (base - floor) * factor
 
     def step(self) -> None:
         self.step_count += 1
