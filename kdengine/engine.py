@@ -255,10 +255,13 @@ def evaluate(ctx: RunContext, model: nn.Module, loader: DataLoader, channels_las
     model.eval()
     for _, metric in ctx.metric_objects:
         metric.reset()
-    with torch.inference_mode(), ctx.accelerator.autocast():
+    # Only the model runs under autocast: a dataset that builds its inputs in the main process
+    # (e.g. degrading an HR image with a convolution) must not get reduced-precision tensors.
+    with torch.inference_mode():
         for inputs, targets in loader:
             inputs = prepare_inputs(inputs, channels_last)
-            outputs = ctx.provider.predict(model, inputs)
+            with ctx.accelerator.autocast():
+                outputs = ctx.provider.predict(model, inputs)
             outputs, targets = ctx.accelerator.gather_for_metrics((outputs, targets))
             outputs = as_float(outputs)
             for _, metric in ctx.metric_objects:

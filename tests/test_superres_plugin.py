@@ -76,3 +76,30 @@ def test_sr_recipes_distil_a_larger_teacher_into_a_smaller_student_with_the_pape
     assert names[0] == "l1" and "feature_match" in names
     assert ("perceptual" in names) == (name == "sr-paper.toml")
     assert recipe["train"]["baseline"]  # the scratch student, same budget, for the comparison
+
+
+def test_bf16_sr_run_swinir_teacher_to_attention_student(tmp_path, one_thread):
+    """End to end in bf16: the SR eval set degrades whole images in the main process (a blur
+    convolution), which must stay float32 while the models run under autocast; feature matching
+    pairs SwinIR tokens with CNN maps."""
+    import kdengine
+
+    recipe = {
+        "run": {"name": "sr-bf16", "seed": 0},
+        "data": {"name": "skimage_sr", "params": {
+            "scale": 4, "patch": 32, "patches_per_image": 2, "degradation": "blur_bicubic",
+            "train_images": ["coffee", "chelsea"], "eval_images": ["camera"]}},
+        "teacher": {"name": "swinir", "params": {"size": "tiny"}, "train": {"epochs": 1}},
+        "student": {"name": "attention_srnet", "params": {"blocks": 2, "channels": 8}},
+        "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 1, "mixed_precision": "bf16",
+                  "optimizer": {"name": "adam", "lr": 1e-3}, "baseline": False, "monitor": "psnr_y"},
+        "loss": [{"name": "l1"}, {"name": "teacher_l1", "weight": 0.5},
+                 {"name": "feature_match", "weight": 0.1,
+                  "params": {"student_layers": ["body.1"], "teacher_layers": ["layers.1"]}}],
+        "metric": [{"name": "psnr_y", "params": {"scale": 4}}],
+    }
+    results = kdengine.run(recipe, output_dir=tmp_path, progress=False)
+    for stage in ("teacher", "distilled"):
+        psnr = results.stage(stage).best["psnr_y"]
+        assert 5.0 < psnr < 60.0, (stage, psnr)
+    assert "feature_match" in results.stage("distilled").history[0].losses
