@@ -113,3 +113,27 @@ def test_swinir_params_are_checked():
         SwinIR({"depths": [2, 2], "num_heads": [2]})
     with pytest.raises(ValidationError, match="divisible"):
         SwinIR({"embed_dim": 10, "num_heads": [3, 3]})
+
+
+def test_swinir_image_skip_starts_as_bicubic_and_round_trips(tmp_path):
+    params = {**TINY_SWIN, "image_skip": True}
+    model = SwinIR(params).build(INFO).eval()
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)  # the network's residual is then zero
+    x = torch.rand(1, 3, 8, 12)
+    bicubic = torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), bicubic)
+    model = SwinIR(params).build(INFO).eval()
+    path = tmp_path / "best.safetensors"
+    save_weights(model, path)
+    loaded = SwinIR(params).load(path, INFO).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    # The flag travels with the weights: the other setting is refused, naming the file.
+    with pytest.raises(CheckpointError, match="best.safetensors.*image_skip = true"):
+        SwinIR(TINY_SWIN).load(path, INFO)
+    plain = tmp_path / "plain.safetensors"
+    save_weights(SwinIR(TINY_SWIN).build(INFO), plain)
+    with pytest.raises(CheckpointError, match="plain.safetensors.*image_skip = false"):
+        SwinIR(params).load(plain, INFO)

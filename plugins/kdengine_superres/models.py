@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Literal
@@ -100,6 +101,11 @@ class SwinIR(ModelFactory):
         window_size: int = Field(default=8, ge=2)
         #: Stochastic depth, used while training (SwinIR trains with 0.1).
         drop_path_rate: float = Field(default=0.1, ge=0.0, lt=1.0)
+        #: Add a bicubic upsampling of the input to the output, so the network learns only the
+        #: residual detail (as attention_srnet does). Not part of the published SwinIR: a model
+        #: trained from scratch in minutes converges several times faster with it. Checkpoints
+        #: record it, and loading one with the other setting is refused.
+        image_skip: bool = False
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -125,7 +131,8 @@ class SwinIR(ModelFactory):
         from spandrel.architectures.SwinIR import SwinIR as SwinIRNet
 
         cfg = self.config()
-        return SwinIRNet(
+        net = swinir_with_image_skip() if self.params.image_skip else SwinIRNet
+        return net(
             img_size=64,
             in_chans=info.in_channels,
             window_size=self.params.window_size,
@@ -138,8 +145,57 @@ class SwinIR(ModelFactory):
         )
 
     def load(self, path: Path, info: DataInfo) -> nn.Module:
-        """Load an official SwinIR release file or a kdengine checkpoint; spandrel reads the shape."""
-        return load_with_spandrel(path, expect_arch="SwinIR", scale=_scale_of(info))
+        """Load an official SwinIR release file or a kdengine checkpoint; spandrel reads the shape.
+
+        A checkpoint of a SwinIR with ``image_skip`` is loaded into the model these params build
+        (spandrel knows no such variant); the flag must agree with the one the file was saved with.
+        """
+        path = Path(path)
+        state = read_spandrel_state(path)
+        saved_skip = IMAGE_SKIP_KEY in state
+        if saved_skip != self.params.image_skip:
+            raise CheckpointError(
+                f"{path}: this SwinIR was trained with image_skip = {str(saved_skip).lower()}; "
+                f"set image_skip = {str(saved_skip).lower()} in the model's params to load it"
+            )
+        if not saved_skip:
+            return load_with_spandrel(path, expect_arch="SwinIR", scale=_scale_of(info))
+        model = self.build(info)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: does not fit swinir with params {self.params.model_dump()} "
+                                  f"({str(exc).splitlines()[0]})") from None
+        model.eval()
+        return model
+
+
+#: The state-dict entry that marks a SwinIR trained with a bicubic image skip.
+IMAGE_SKIP_KEY = "image_skip"
+
+
+@functools.cache
+def swinir_with_image_skip() -> type[nn.Module]:
+    """The SwinIR subclass (made on first use: spandrel is imported lazily)."""
+    from spandrel.architectures.SwinIR import SwinIR as SwinIRNet
+
+    class SwinIRWithImageSkip(SwinIRNet):
+        """SwinIR whose output adds a bicubic upsampling of the input (residual learning)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            # Saved with the weights, so that the file says how it must be run.
+            self.register_buffer(IMAGE_SKIP_KEY, torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # SwinIR adds back the dataset mean it subtracted; here the bicubic image takes its place,
+            # so the network's output is the residual alone.
+            skip = nn.functional.interpolate(x, scale_factor=self.upscale, mode="bicubic", align_corners=False)
+            return super().forward(x) - self.mean.type_as(x) + skip
+
+    return SwinIRWithImageSkip
+
+
 
 
 class SpandrelModel(ModelFactory):
