@@ -39,10 +39,12 @@ def test_attention_srnet_x3_uses_one_shuffle_stage():
     assert model(torch.rand(1, 3, 7, 5)).shape == (1, 3, 21, 15)
 
 
-@pytest.mark.parametrize("size", ["tiny", "lightweight", "classical"])
+@pytest.mark.parametrize("size", ["tiny", "small", "lightweight", "classical"])
 def test_swinir_presets_build(size):
     model = SwinIR({"size": size}).build(INFO)
-    if size == "tiny":
+    if size == "small":
+        assert 0.2e6 < sum(p.numel() for p in model.parameters()) < 0.3e6
+    if size in ("tiny", "small"):
         assert model(torch.rand(1, 3, 12, 20)).shape == (1, 3, 48, 80)
     assert "layers.0" in dict(model.named_modules())
 

@@ -29,13 +29,17 @@ from kdengine.checkpoint import read_state_dict
 
 #: Presets. ``classical`` and ``lightweight`` are the configurations of the official x4 release files
 #: (001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth, 002_lightweightSR_DIV2K_s64w8_SwinIR-S_x4.pth);
-#: ``tiny`` is small enough to train on a laptop CPU in minutes.
+#: ``small`` (0.24M parameters) is the offline recipes' teacher, trained on a laptop CPU in minutes;
+#: ``tiny`` is for tests.
 SWINIR_SIZES: dict[str, dict] = {
     "classical": dict(
         embed_dim=180, depths=[6] * 6, num_heads=[6] * 6, mlp_ratio=2.0, upsampler="pixelshuffle"
     ),
     "lightweight": dict(
         embed_dim=60, depths=[6] * 4, num_heads=[6] * 4, mlp_ratio=2.0, upsampler="pixelshuffledirect"
+    ),
+    "small": dict(
+        embed_dim=48, depths=[4, 4], num_heads=[4, 4], mlp_ratio=2.0, upsampler="pixelshuffledirect"
     ),
     "tiny": dict(
         embed_dim=24, depths=[2, 2], num_heads=[2, 2], mlp_ratio=2.0, upsampler="pixelshuffledirect"
@@ -90,10 +94,10 @@ def load_with_spandrel(path: Path, expect_arch: str | None = None, scale: int | 
 
 
 class SwinIR(ModelFactory):
-    """SwinIR (Liang et al. 2021) through spandrel: classical, lightweight or tiny."""
+    """SwinIR (Liang et al. 2021) through spandrel: classical, lightweight, small or tiny."""
 
     class Params(Params):
-        size: Literal["classical", "lightweight", "tiny"] = "tiny"
+        size: Literal["classical", "lightweight", "small", "tiny"] = "tiny"
         #: Overrides of the preset, for experiments.
         embed_dim: int | None = Field(default=None, ge=6)
         depths: list[int] | None = Field(default=None, min_length=1)
