@@ -200,8 +200,6 @@ def swinir_with_image_skip() -> type[nn.Module]:
     return SwinIRWithImageSkip
 
 
-
-
 class SpandrelModel(ModelFactory):
     """Any architecture spandrel detects (RCAN, HAT, ESRGAN, ...), from a checkpoint file."""
 
