@@ -55,13 +55,13 @@ def _reset_peak() -> bool:
 def measure_stages(out_file: Path) -> None:
     """Wrap kdengine's stage trainer: for every stage, write its epoch times and peak memory as a
     JSON line to ``out_file``."""
-    from kdengine import engine
+    from kdengine.train import run as engine
 
     original = engine.train_stage
 
-    def measured(ctx, plan, factory, teacher, resume=None, cached=None):
+    def measured(ctx, plan, factory, source, resume=None):
         reset = _reset_peak()
-        result = original(ctx, plan, factory, teacher, resume=resume, cached=cached)
+        result = original(ctx, plan, factory, source, resume=resume)
         row = {"stage": plan.name, "epoch_seconds": [r.seconds for r in result.history],
                "peak_bytes": _peak_bytes(), "peak_reset": reset, "images": len(ctx.train_set),
                "steps": plan.train.max_steps_per_epoch}

@@ -32,8 +32,8 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
-from kdengine.catalog import get_catalog
-from kdengine.checkpoint import load_weights
+from kdengine.plugins.catalog import get_catalog
+from kdengine.io.weights import load_weights
 from kdengine.recipe import load_recipe
 from kdengine_edges.boundary import default_max_dist, image_counts, thin_stack, thresholds
 from kdengine_edges.bsds import BSDS500

@@ -77,7 +77,7 @@ def main() -> None:
 
 
 def _bytes(text: str) -> int:
-    from kdengine.memory import parse_size
+    from kdengine.recipe.units import parse_size
 
     return parse_size(text)
 

@@ -73,7 +73,7 @@ def main() -> None:
     results = kdengine.run(recipe(root, args.recipe), overrides=args.overrides, progress=False, output_dir=args.output_dir)
     psnr, ssim = bicubic_scores(root)
     print(f"bicubic: PSNR-Y {psnr:.2f} dB, SSIM-Y {ssim:.4f}")
-    print(results.table())
+    print(kdengine.table(results))
     print(json.dumps({s.stage: {"best": s.best, "last": s.last, "seconds": round(s.seconds, 1), "params": s.params}
                       for s in results.stages}, indent=1))
     print(f"total {time.perf_counter() - started:.0f} s; run folder {results.run_dir}")

@@ -95,9 +95,9 @@ def main() -> None:
 
     import torch
 
-    from kdengine.catalog import get_catalog
-    from kdengine.checkpoint import save_weights
-    from kdengine.components import DataInfo
+    from kdengine.plugins.catalog import get_catalog
+    from kdengine.io.weights import save_weights
+    from kdengine.plugins.components import DataInfo
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kdengine-bench-cache-"))
     workdir.mkdir(parents=True, exist_ok=True)

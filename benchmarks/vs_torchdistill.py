@@ -316,8 +316,8 @@ def prepare(plan: dict) -> dict:
     import torch
     from accelerate.utils import set_seed
 
-    from kdengine.catalog import get_catalog
-    from kdengine.checkpoint import save_weights
+    from kdengine.plugins.catalog import get_catalog
+    from kdengine.io.weights import save_weights
 
     torch.set_num_threads(plan["threads"])
     work = Path(plan["work"])

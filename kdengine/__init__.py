@@ -6,56 +6,40 @@ The public API::
 
     recipe = kdengine.load_recipe("recipes/classification.toml", overrides=["train.epochs=3"])
     results = kdengine.run(recipe)
-    print(results.table())
+    print(kdengine.table(results))
 
-Plugins subclass the component bases below and register them with ``@kdengine.hookimpl``.
+Plugins subclass the component bases below and register them with ``@kdengine.hookimpl``; the
+helpers after them (feature maps and adapters, data fingerprints, reading a state dict) are the
+plugin author's toolkit.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from kdengine.components import (
-    DataInfo,
-    DatasetProvider,
-    LossContext,
-    LossTerm,
-    Metric,
-    ModelFactory,
-    Params,
-)
-from kdengine.errors import (
-    CheckpointError,
-    DataError,
-    KDEngineError,
-    PluginError,
-    RecipeError,
-    TrainingError,
-)
-from kdengine.hookspecs import hookimpl
+from kdengine.errors import CheckpointError, DataError, KDEngineError, PluginError, RecipeError, TrainingError
+from kdengine.io.fingerprint import describe_params, fingerprint_files
+from kdengine.io.weights import read_state_dict
+from kdengine.plugins.components import DataInfo, DatasetProvider, LossContext, LossTerm, Metric, ModelFactory, Params
+from kdengine.plugins.features import as_feature_map, make_adapter
+from kdengine.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from kdengine.engine import Results
     from kdengine.recipe import Recipe
+    from kdengine.reporting.results import Results
+    from kdengine.reporting.summary import SeedSummary
+
+try:
+    __version__ = version("kdengine")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
-    "CheckpointError",
-    "DataError",
-    "DataInfo",
-    "DatasetProvider",
-    "KDEngineError",
-    "LossContext",
-    "LossTerm",
-    "Metric",
-    "ModelFactory",
-    "Params",
-    "PluginError",
-    "RecipeError",
-    "TrainingError",
-    "cache_teacher",
-    "hookimpl",
-    "load_recipe",
-    "run",
+    "CheckpointError", "DataError", "DataInfo", "DatasetProvider", "KDEngineError", "LossContext", "LossTerm",
+    "Metric", "ModelFactory", "Params", "PluginError", "RecipeError", "TrainingError", "__version__",
+    "as_feature_map", "cache_teacher", "describe_params", "fingerprint_files", "hookimpl",
+    "load_recipe", "make_adapter", "read_state_dict", "resume", "run", "table",
 ]
 
 
@@ -66,19 +50,31 @@ def load_recipe(source: Any, overrides: list[str] | tuple[str, ...] = ()) -> "Re
     return _load(source, overrides=overrides)
 
 
-def run(recipe: Any, **kwargs: Any) -> "Results":
-    """Run a recipe (a :class:`Recipe`, a path or a dict) and return its results.
-
-    Keyword arguments are those of :func:`kdengine.engine.run`.
-    """
-    from kdengine.engine import run as _run
+def run(recipe: Any, **kwargs: Any) -> "Results | SeedSummary":
+    """Run a recipe (a :class:`Recipe`, a path or a dict) and return its results; see
+    :func:`kdengine.api.run` for the keyword arguments."""
+    from kdengine.api import run as _run
 
     return _run(recipe, **kwargs)
 
 
+def resume(run_dir: Any, **kwargs: Any) -> "Results":
+    """Continue an interrupted run in its own folder; see :func:`kdengine.api.resume`."""
+    from kdengine.api import resume as _resume
+
+    return _resume(run_dir, **kwargs)
+
+
 def cache_teacher(recipe: Any, **kwargs: Any) -> list:
-    """Build the teacher-output caches of a recipe whose teacher is a checkpoint (see
-    :func:`kdengine.engine.cache_teacher`); returns the :class:`kdengine.cache.TeacherCache` objects."""
-    from kdengine.engine import cache_teacher as _cache
+    """Build the teacher-output caches of a recipe whose teacher is a checkpoint; see
+    :func:`kdengine.api.cache_teacher`."""
+    from kdengine.api import cache_teacher as _cache
 
     return _cache(recipe, **kwargs)
+
+
+def table(results: "Results | SeedSummary") -> str:
+    """The results table (Markdown) of a run, or the mean ± std table of a multi-seed run."""
+    from kdengine.reporting.tables import table as _table
+
+    return _table(results)

@@ -70,7 +70,7 @@ def plugin_site(tmp_path_factory) -> Path:
 def third_party(plugin_site, monkeypatch):
     """Make the installed fixture plugins visible (sys.path) and rebuild the catalog; by default
     the broken ones are disabled so tests see only the toy plugin unless they enable them."""
-    from kdengine.catalog import get_catalog
+    from kdengine.plugins.catalog import get_catalog
 
     monkeypatch.syspath_prepend(str(plugin_site))
     monkeypatch.setenv("KDENGINE_DISABLE_PLUGINS", "broken,badhook")

@@ -183,7 +183,7 @@ def test_a_split_left_empty_by_skipping_says_so(tmp_path, one_thread):
 
 
 def test_validate_reports_skipped_train_samples(tmp_path, one_thread):
-    from kdengine.dryrun import dry_run
+    from kdengine.tools.validate import dry_run
 
     data, bad_name = edge_folder_mismatched_sizes(tmp_path / "data")
     report = dry_run(recipe_for(data, EDGES, tmp_path, on_bad_sample="skip"))

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import kdengine
-from kdengine import engine
-from kdengine.cache import TeacherCache
+from kdengine.teacher.precision import TeacherRunner
+from kdengine.teacher import cached
+from kdengine.teacher.cache import TeacherCache
 from kdengine.errors import KDEngineError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,15 +47,14 @@ def classification_recipe(tiny_recipe: dict) -> dict:
 def record_inline_teacher(monkeypatch) -> list[torch.Tensor]:
     """Every teacher output the engine computes inline, in order (the first is the set-up probe)."""
     seen: list[torch.Tensor] = []
-    original = engine.teacher_forward
+    original = TeacherRunner.__call__
 
     def spy(runner, inputs):
         output, features = original(runner, inputs)
-        if runner is not None:
-            seen.append(output.detach().clone())
+        seen.append(output.detach().clone())
         return output, features
 
-    monkeypatch.setattr(engine, "teacher_forward", spy)
+    monkeypatch.setattr(TeacherRunner, "__call__", spy)
     return seen
 
 
@@ -121,7 +121,7 @@ def test_a_complete_cache_is_reused_without_loading_the_teacher(tiny_recipe, tmp
         raise AssertionError("the cache was built again although it is complete")
 
     monkeypatch.setattr(TeacherCache, "_build_epoch", no_build)
-    monkeypatch.setattr(engine, "check_replayable", no_build)  # only run before loading the teacher
+    monkeypatch.setattr(cached, "check_replayable", no_build)  # only run before loading the teacher
     second = kdengine.run(recipe, progress=False, output_dir=tmp_path)
     assert {p: p.stat().st_mtime_ns for p in cache.path.rglob("*.npy")} == stamps
     assert first.stage("distilled").best == second.stage("distilled").best
@@ -236,7 +236,7 @@ name = "top1"
 
 
 def test_validate_says_when_augmentation_cannot_be_replayed(tiny_recipe, monkeypatch):
-    from kdengine.dryrun import dry_run
+    from kdengine.tools.validate import dry_run
     from kdengine_classification.data import Digits
 
     recipe = classification_recipe(tiny_recipe)
@@ -252,8 +252,8 @@ def test_validate_says_when_augmentation_cannot_be_replayed(tiny_recipe, monkeyp
 
 
 def test_teacher_precision_auto_measures_and_keeps_the_fastest(tiny_recipe, tmp_path, monkeypatch, capsys):
-    from kdengine import inference
-    from kdengine.dryrun import dry_run
+    from kdengine.teacher import precision as inference
+    from kdengine.tools.validate import dry_run
 
     recipe = classification_recipe(tiny_recipe)
     recipe["teacher"]["precision"] = "auto"
@@ -274,7 +274,7 @@ def test_teacher_precision_auto_measures_and_keeps_the_fastest(tiny_recipe, tmp_
         chosen.append(runner.setting)
         return timings
 
-    monkeypatch.setattr(engine, "choose", fixed_timings)
+    monkeypatch.setattr(inference, "choose", fixed_timings)
     seen_dtypes = []
     original_call = inference.TeacherRunner.__call__
 
@@ -294,7 +294,7 @@ def test_layout_gives_each_process_its_contiguous_share_of_a_step():
     from accelerate.data_loader import BatchSamplerShard
     from torch.utils.data import BatchSampler
 
-    from kdengine.cache import Layout
+    from kdengine.teacher.cache import Layout
 
     layout = Layout((8, 8, 8), num_processes=2)
     assert layout.rows == 24

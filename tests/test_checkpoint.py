@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from kdengine import CheckpointError
-from kdengine.checkpoint import atomic_write, load_weights, read_state_dict, save_weights
+from kdengine.io.atomic import atomic_write
+from kdengine.io.weights import load_weights, read_state_dict, save_weights
 
 
 def test_save_and_load_round_trip(tmp_path):

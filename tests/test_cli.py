@@ -68,7 +68,7 @@ def bad_cases(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
     """(recipe text, expected fragments in the message, extra args)."""
     from torch import nn
 
-    from kdengine.checkpoint import save_weights
+    from kdengine.io.weights import save_weights
 
     wrong_arch = tmp_path / "resnet.safetensors"
     save_weights(nn.Linear(3, 3), wrong_arch)
@@ -112,7 +112,7 @@ def bad_cases(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
         (GOOD.replace("max_steps_per_epoch = 1", "max_steps_per_epoch = 1\nmonitor = 'accuracy'"),
          ["train.monitor: 'accuracy' is not a metric of this recipe"], []),
         (GOOD.replace("max_steps_per_epoch = 1", "max_steps_per_epoch = 1\nreport_epochs = [3]"),
-         ["report_epochs [3] outside 1..epochs (1)"], []),
+         ["train.report_epochs: [3] outside 1..epochs (1)"], []),
         (GOOD.replace('name = "cli"', 'name = "cli"\nseed = -1'), ["run.seed: input should be greater than or equal to 0"], []),
         (GOOD.replace('name = "cli"', 'name = "cli/../../etc"'), ["run.name: string should match pattern"], []),
         (GOOD.replace('name = "top1"', 'name = "top1"\nparams = { k = 3 }'), ["metric[0].params.k: extra inputs are not permitted"], []),
@@ -197,3 +197,13 @@ def test_run_prints_the_table(tmp_path, capsys):
                  "--set", "train.baseline=false"]) == 0
     out = capsys.readouterr().out
     assert "student (distilled)" in out and "Run folder:" in out
+
+
+def test_version(capsys):
+    import kdengine
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kdengine {kdengine.__version__}"
+    assert kdengine.__version__ != "0+unknown"  # the installed distribution's version

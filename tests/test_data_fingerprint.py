@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import kdengine
-from kdengine.components import fingerprint_files
+from kdengine import fingerprint_files
 from kdengine.errors import DataWarning
-from kdengine.rundir import RunFolder
+from kdengine.io.rundir import RunFolder
 from kdengine_classification.data import Cifar100, Digits, ImageFolder
 from kdengine_edges.bsds import BSDS500
 from kdengine_edges.folder import EdgeFolder

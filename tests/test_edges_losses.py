@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from kdengine import LossContext
+from pydantic import ValidationError
+
+from kdengine import DataError, KDEngineError, LossContext
 from kdengine_edges.losses import BalancedBCE, SigmoidMSE, WeightedBCE
 
 
@@ -40,7 +42,7 @@ def test_sigmoid_mse_matches_its_formula_and_needs_the_teacher():
     assert SigmoidMSE.needs_teacher and not WeightedBCE.needs_teacher
     assert torch.allclose(term(ctx(zs, torch.zeros_like(zs), zt)), expected)
     assert float(term(ctx(zt, torch.zeros_like(zt), zt))) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(KDEngineError, match="sigmoid_mse needs the teacher's output"):
         term(ctx(zs, torch.zeros_like(zs), None))
 
 
@@ -77,14 +79,14 @@ def test_gradients_reach_the_student(term):
 
 
 def test_params_are_validated():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="pos_weight"):
         WeightedBCE({"pos_weight": 0.0})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="eta"):
         BalancedBCE({"eta": 1.5})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="alpha"):
         SigmoidMSE({"alpha": 0.5})
 
 
 def test_shape_mismatch_is_reported():
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(DataError, match="does not match"):
         WeightedBCE()(ctx(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)))

@@ -12,15 +12,15 @@ from safetensors.torch import load_file
 
 import kdengine
 from kdengine import LossTerm, TrainingError, hookimpl, load_recipe
-from kdengine.catalog import get_catalog
-from kdengine.engine import build_loss_terms
-from kdengine.results import Results
+from kdengine.plugins.catalog import get_catalog
+from kdengine.train.objective import build_loss_terms
+from kdengine.reporting.results import Results
 
 
 @pytest.fixture
 def extra_plugin(monkeypatch):
     """Register an extra built-in-like plugin for one test."""
-    from kdengine import plugins
+    from kdengine.plugins import manager as plugins
 
     def install(**hooks):
         module = types.ModuleType("kdengine_extra")
@@ -57,7 +57,7 @@ def test_end_to_end_writes_the_run_folder(tiny_recipe, tmp_path):
     assert saved.stage("distilled").at_epochs[1] == saved.stage("distilled").history[0].metrics
     best = saved.stage("distilled")
     assert best.best[saved.monitor] == max(r.metrics["top1"] for r in best.history)
-    table = results.table()
+    table = kdengine.table(results)
     assert "student (distilled)" in table and "compression" in table and "top1 @1" in table
     assert json.loads((run_dir / "recipe.json").read_text())["run"]["name"] == "tiny"
 
@@ -121,7 +121,7 @@ def test_non_finite_batches_can_be_skipped_and_counted(tiny_recipe, tmp_path, ex
 
 
 def test_adapters_owned_by_a_loss_term_are_trained(tiny_recipe, tmp_path, extra_plugin):
-    from kdengine.features import make_adapter
+    from kdengine.plugins.features import make_adapter
 
     seen = {}
 

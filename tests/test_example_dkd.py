@@ -29,7 +29,7 @@ def dkd_site(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def dkd_installed(dkd_site, monkeypatch):
-    from kdengine.catalog import get_catalog
+    from kdengine.plugins.catalog import get_catalog
 
     monkeypatch.syspath_prepend(str(dkd_site))
     get_catalog(refresh=True)
@@ -41,7 +41,7 @@ def dkd_installed(dkd_site, monkeypatch):
 
 
 def test_installed_example_is_in_the_catalog_as_dkd_dkd(dkd_installed):
-    from kdengine.catalog import get_catalog
+    from kdengine.plugins.catalog import get_catalog
 
     catalog = get_catalog()
     entry = catalog.entry("loss", "dkd.dkd")

@@ -1,4 +1,4 @@
-"""kdengine.export and ``kdengine export``: a tiny run's student exported in each format, checked
+"""kdengine.tools.export and ``kdengine export``: a tiny run's student exported in each format, checked
 against PyTorch, adapters dropped, and a model card with the run's numbers."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from conftest import TINY_RECIPE
 from kdengine import KDEngineError
-from kdengine.checkpoint import read_state_dict
-from kdengine.export import TOLERANCES, _max_abs_diff, export_run
+from kdengine.io.weights import read_state_dict
+from kdengine.tools.export import TOLERANCES, _max_abs_diff, export_run
 
 FAST = {"throughput_batch": 8, "latency_runs": 2}
 
@@ -39,7 +39,7 @@ def run_dir(tmp_path_factory):
 
 
 def _student(run_dir):
-    from kdengine.catalog import get_catalog
+    from kdengine.plugins.catalog import get_catalog
     from kdengine.recipe import load_recipe
 
     recipe = load_recipe(run_dir / "recipe.json")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from kdengine import KDEngineError
-from kdengine.features import FeatureTaps, as_feature_map, list_layers, make_adapter
+from kdengine.plugins.features import FeatureTaps, as_feature_map, list_layers, make_adapter
 
 
 def model():

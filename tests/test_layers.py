@@ -1,4 +1,4 @@
-"""kdengine.layers and ``kdengine layers``: a recipe model's tappable layers with their shapes."""
+"""kdengine.tools.layers and ``kdengine layers``: a recipe model's tappable layers with their shapes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from conftest import TINY_RECIPE
+from conftest import ROOT, TINY_RECIPE
 from kdengine import KDEngineError
-from kdengine.layers import recipe_layers
+from kdengine.tools.layers import recipe_layers
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +30,7 @@ def test_teacher_role_builds_the_teacher():
 
 
 def test_listed_layers_can_be_tapped_by_a_feature_loss(tmp_path):
-    from kdengine.dryrun import dry_run
+    from kdengine.tools.validate import dry_run
 
     recipe = copy.deepcopy(TINY_RECIPE)
     paths = [layer.path for layer in recipe_layers(recipe, "student") if len(layer.shape) == 4]
@@ -75,12 +75,28 @@ def test_validate_lists_teacher_and_student_layers_on_the_batch(tmp_path, capsys
 
 
 def test_validate_layers_of_one_architecture_are_listed_once():
-    from kdengine.dryrun import dry_run
+    from kdengine.tools.validate import dry_run
 
     report = dry_run(copy.deepcopy(TINY_RECIPE), layers=True)  # teacher and student are the same model
     (label,) = report.layers
     assert label.startswith("teacher and student torchvision(")
     assert {layer.path for layer in report.layers[label]} >= {"features.4", "classifier.1"}
+
+
+def test_layers_of_a_progressive_chain(capsys):
+    """A chain has no [student]: the first generation's student is listed, or the stage named."""
+    from kdengine.cli import main
+
+    recipe = str(ROOT / "recipes" / "progressive.toml")
+    first = recipe_layers(recipe, "student")
+    last = recipe_layers(recipe, "student", stage="mobilenet_v2-0.5x")
+    assert first and last and len(last) == len(first)  # same architecture, narrower
+    assert first[-1].shape == last[-1].shape == (1, 10)
+    assert first[2].shape[1] > last[2].shape[1]
+    with pytest.raises(KDEngineError, match=r"--stage: no stage 'gen9'; this recipe has: teacher, "):
+        recipe_layers(recipe, "student", stage="gen9")
+    assert main(["layers", recipe, "--stage", "mobilenet_v2"]) == 0
+    assert "features" in capsys.readouterr().out
 
 
 def test_bad_role_and_cli(capsys):

@@ -10,11 +10,15 @@ import torch
 from torch import nn
 
 import kdengine
-from kdengine import engine, memory
-from kdengine.components import LossTerm
-from kdengine.engine import StudentObjective, accumulate, make_accelerator
+from kdengine.teacher.precision import TeacherRunner
+from kdengine.train import memory
+from kdengine.plugins.components import LossTerm
+from kdengine.train.accelerator import make_accelerator
+from kdengine.train.objective import StudentObjective
+from kdengine.train.step import accumulate
 from kdengine.errors import KDEngineError, RecipeError
-from kdengine.memory import PeakMeter, parse_size, plan_micro_batch
+from kdengine.recipe.units import parse_size
+from kdengine.train.memory import PeakMeter, plan_micro_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS reset is Linux-only")
@@ -122,16 +126,24 @@ def test_a_run_under_a_budget_trains_in_micro_batches(tiny_recipe, tmp_path, mon
             pass
 
         def peak(self):
-            return 600 * 2**20 + rows_seen[-1] * 40 * 2**20
+            return 600 * 2**20 + student_rows[-1] * 40 * 2**20
 
-    original_forward = engine.teacher_forward
+    student_rows = []  # the rows of each student forward pass, teacher stage included
+    original_context = StudentObjective.context
+
+    def count_rows(objective, inputs, *args):
+        student_rows.append(inputs.shape[0])
+        return original_context(objective, inputs, *args)
+
+    monkeypatch.setattr(StudentObjective, "context", count_rows)
+    original_forward = TeacherRunner.__call__
 
     def spy(runner, inputs):
         rows_seen.append(inputs.shape[0])
         return original_forward(runner, inputs)
 
-    monkeypatch.setattr(engine, "PeakMeter", FakeMeter)
-    monkeypatch.setattr(engine, "teacher_forward", spy)
+    monkeypatch.setattr(memory, "PeakMeter", FakeMeter)
+    monkeypatch.setattr(TeacherRunner, "__call__", spy)
     results = kdengine.run(recipe, progress=True, output_dir=tmp_path)
     distilled = results.stage("distilled")
     assert distilled.micro_batch is not None and 1 <= distilled.micro_batch < 32

@@ -7,8 +7,13 @@ import math
 import pytest
 import torch
 
-from kdengine.optim import Schedule, build_optimizer
-from kdengine.recipe import OptimizerSpec, SchedulerSpec
+from pydantic import TypeAdapter, ValidationError
+
+from kdengine.recipe import OptimizerSpec, SchedulerSpec, TrainSpec
+from kdengine.train.optim import Schedule, build_optimizer
+
+optimizer_spec = TypeAdapter(OptimizerSpec).validate_python
+scheduler_spec = TypeAdapter(SchedulerSpec).validate_python
 
 
 def opt(lr=1.0):
@@ -17,14 +22,14 @@ def opt(lr=1.0):
 
 @pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_build_optimizer(name, cls):
-    o = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimizerSpec(name=name, lr=0.1, weight_decay=5e-4))
+    o = build_optimizer([torch.nn.Parameter(torch.zeros(2))], optimizer_spec(dict(name=name, lr=0.1, weight_decay=5e-4)))
     assert isinstance(o, cls)
     assert o.param_groups[0]["lr"] == 0.1 and o.param_groups[0]["weight_decay"] == 5e-4
 
 
 def test_cosine_per_step_with_warmup():
     o = opt()
-    s = Schedule(o, SchedulerSpec(name="cosine", warmup_epochs=1), epochs=3, steps_per_epoch=10)
+    s = Schedule(o, scheduler_spec(dict(name="cosine", warmup_epochs=1)), epochs=3, steps_per_epoch=10)
     assert s.lr == pytest.approx(0.01)
     lrs = []
     for _ in range(30):
@@ -37,7 +42,7 @@ def test_cosine_per_step_with_warmup():
 
 def test_step_decay():
     o = opt()
-    s = Schedule(o, SchedulerSpec(name="step", step_size=2, gamma=0.5), epochs=6, steps_per_epoch=4)
+    s = Schedule(o, scheduler_spec(dict(name="step", step_size=2, gamma=0.5)), epochs=6, steps_per_epoch=4)
     lrs = []
     for _ in range(24):
         lrs.append(s.lr)
@@ -47,7 +52,7 @@ def test_step_decay():
 
 def test_plateau_reduces_after_patience():
     o = opt()
-    s = Schedule(o, SchedulerSpec(name="plateau", patience=1, factor=0.1), epochs=10, steps_per_epoch=1)
+    s = Schedule(o, scheduler_spec(dict(name="plateau", patience=1, factor=0.1)), epochs=10, steps_per_epoch=1)
     for value in (0.5, 0.5, 0.5):
         s.step()
         s.end_epoch(value)
@@ -56,10 +61,41 @@ def test_plateau_reduces_after_patience():
 
 def test_state_round_trip():
     o = opt()
-    s = Schedule(o, SchedulerSpec(name="cosine"), epochs=2, steps_per_epoch=5)
+    s = Schedule(o, scheduler_spec(dict(name="cosine")), epochs=2, steps_per_epoch=5)
     for _ in range(3):
         s.step()
     o2 = opt()
-    s2 = Schedule(o2, SchedulerSpec(name="cosine"), epochs=2, steps_per_epoch=5)
+    s2 = Schedule(o2, scheduler_spec(dict(name="cosine")), epochs=2, steps_per_epoch=5)
     s2.load_state_dict(s.state_dict())
     assert s2.lr == pytest.approx(s.lr)
+
+
+@pytest.mark.parametrize("table,problem", [
+    ({"name": "adam", "momentum": 0.9}, "momentum"),
+    ({"name": "sgd", "betas": [0.9, 0.99]}, "betas"),
+    ({"name": "lion"}, "name: input should be 'sgd', 'adam' or 'adamw'"),
+])
+def test_each_optimizer_accepts_its_own_keys_only(table, problem):
+    with pytest.raises(ValidationError, match=problem):
+        optimizer_spec(table)
+
+
+@pytest.mark.parametrize("table,problem", [
+    ({"name": "cosine", "patience": 3}, "patience"),
+    ({"name": "plateau", "step_size": 3}, "step_size"),
+    ({"name": "none", "min_lr": 0.1}, "min_lr"),
+    ({"name": "linear"}, "name: input should be 'none', 'cosine', 'step' or 'plateau'"),
+])
+def test_each_schedule_accepts_its_own_keys_only(table, problem):
+    with pytest.raises(ValidationError, match=problem):
+        scheduler_spec(table)
+
+
+def test_optimizer_defaults_suit_each_optimizer():
+    assert optimizer_spec({"name": "adamw"}).lr == pytest.approx(1e-3)
+    assert optimizer_spec({"name": "adamw"}).weight_decay == pytest.approx(0.01)
+    assert optimizer_spec({"name": "adam"}).lr == pytest.approx(1e-3)
+    sgd = optimizer_spec({"lr": 0.05})  # a table without a name is SGD, as before
+    assert sgd.name == "sgd" and sgd.momentum == pytest.approx(0.9)
+    train = TrainSpec(epochs=1, batch_size=2)
+    assert train.optimizer.name == "sgd" and train.scheduler.name == "none"

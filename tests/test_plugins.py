@@ -9,10 +9,10 @@ import warnings
 import pytest
 
 from kdengine import PluginError, hookimpl
-from kdengine.catalog import build_catalog, get_catalog
+from kdengine.plugins.catalog import build_catalog, get_catalog
 from kdengine.cli import main
-from kdengine.hookspecs import KINDS
-from kdengine.plugins import PluginWarning
+from kdengine.plugins.hookspecs import KINDS
+from kdengine.plugins.manager import PluginWarning
 
 
 def test_builtins_register_every_kind():
@@ -80,7 +80,7 @@ def test_disable_blocks_by_name(third_party, monkeypatch):
 
 
 def test_name_clash_between_plugins_names_both(monkeypatch):
-    from kdengine import plugins as plugin_module
+    from kdengine.plugins import manager as plugin_module
 
     class Clash:
         @hookimpl
@@ -102,7 +102,7 @@ def test_name_clash_between_plugins_names_both(monkeypatch):
 def test_registering_a_wrong_class_is_an_error(monkeypatch):
     import types
 
-    from kdengine import plugins as plugin_module
+    from kdengine.plugins import manager as plugin_module
 
     module = types.ModuleType("kdengine_wrong")
 

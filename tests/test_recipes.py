@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kdengine import KDEngineError, load_recipe
-from kdengine.dryrun import dry_run
+from kdengine.tools.validate import dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))

@@ -1,4 +1,4 @@
-"""kdengine.schema and ``kdengine schema``: the recipe JSON Schema names every installed component
+"""kdengine.recipe.schema and ``kdengine schema``: the recipe JSON Schema names every installed component
 and checks each one's params."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import pytest
 
 from conftest import TINY_RECIPE
-from kdengine.catalog import get_catalog
-from kdengine.schema import recipe_schema
+from kdengine.plugins.catalog import get_catalog
+from kdengine.recipe.schema import recipe_schema
 
 
 def _mapping(schema, prop):

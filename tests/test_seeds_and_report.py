@@ -9,8 +9,8 @@ import pytest
 
 import kdengine
 from kdengine.cli import main
-from kdengine.results import EpochRecord, Results, StageResult
-from kdengine.seeds import SeedSummary, Spread, summarise
+from kdengine.reporting.results import EpochRecord, Results, StageResult
+from kdengine.reporting.summary import SeedSummary, Spread, summarise
 
 
 def fake_results(seed: int, scratch: float, distilled: float) -> Results:
@@ -35,7 +35,7 @@ def test_summary_over_seeds_keeps_best_and_last_apart():
     distilled = summary.stage("distilled")
     assert distilled.best["top1"].mean == pytest.approx(0.7)
     assert distilled.last["top1"].mean == pytest.approx(0.69)
-    table = summary.table()
+    table = kdengine.table(summary)
     assert "top1 best (mean ± std)" in table and "top1 last (mean ± std)" in table
     assert "0.7000 ± 0.1000" in table and "10.0x" in table
 
@@ -60,7 +60,7 @@ def test_multi_seed_run_writes_summary(tiny_recipe, tmp_path, capsys):
 
 def test_html_report_is_self_contained(tmp_path):
     results = fake_results(0, 0.5, 0.6)
-    from kdengine.report import write_report
+    from kdengine.reporting.report import write_report
 
     write_report(results, tmp_path)
     page = (tmp_path / "report.html").read_text()
@@ -84,7 +84,7 @@ def test_report_command_rebuilds_and_compares(tmp_path, capsys):
 
 
 def test_gain_sentence_does_not_claim_a_gap_when_the_teacher_is_worse():
-    from kdengine.report import distillation_gain
+    from kdengine.reporting.tables import distillation_gain
 
     results = fake_results(0, 0.95, 0.93)  # teacher 0.9 < scratch 0.95
     text = distillation_gain(results)

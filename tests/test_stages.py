@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 import kdengine
 from kdengine import RecipeError, load_recipe
-from kdengine import engine
-from kdengine.stages import plan_stages
+from kdengine.teacher.sources import InlineTeacher
+from kdengine.train import run as engine
+from kdengine.recipe.stages import plan_stages
 
 GEN = {"name": "torchvision", "params": {"model": "mobilenet_v2", "width_mult": 0.25, "cifar_stem": True}}
 
@@ -68,10 +69,10 @@ def test_each_generation_is_taught_by_the_named_weights(tiny_recipe, tmp_path, m
     taught: dict[str, dict] = {}
     original = engine.train_stage
 
-    def spy(ctx, plan, factory, teacher, resume=None, cached=None):
-        if teacher is not None:
-            taught[plan.name] = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-        return original(ctx, plan, factory, teacher, resume=resume, cached=cached)
+    def spy(ctx, plan, factory, source, resume=None):
+        if isinstance(source, InlineTeacher):
+            taught[plan.name] = {k: v.detach().clone() for k, v in source.model.state_dict().items()}
+        return original(ctx, plan, factory, source, resume=resume)
 
     monkeypatch.setattr(engine, "train_stage", spy)
     results = kdengine.run(recipe, output_dir=tmp_path, progress=False)
@@ -80,9 +81,9 @@ def test_each_generation_is_taught_by_the_named_weights(tiny_recipe, tmp_path, m
     teacher_best = load_file(str(run_dir / "checkpoints" / "teacher" / "best.safetensors"))
     assert all(torch.equal(taught["gen3"][k], gen2_last[k]) for k in gen2_last)
     assert all(torch.equal(taught["gen2"][k], teacher_best[k]) for k in teacher_best)
-    table = results.table()
+    table = kdengine.table(results)
     assert "gen2" in table and "gen3" in table
-    from kdengine.report import generation_table
+    from kdengine.reporting.tables import generation_table
 
     gen_table = generation_table(results)
     assert "compression vs gen 1" in gen_table and "drop from previous" in gen_table

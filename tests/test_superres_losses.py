@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torchvision.models import vgg19
 
 from kdengine import DataInfo, LossContext
-from kdengine.features import FeatureTaps
+from kdengine.plugins.features import FeatureTaps
 from kdengine_superres.losses import (L1, FeatureMatch, Perceptual, TeacherL1, token_map, vgg19_features,
                                       vgg19_layer_names)
 from kdengine_superres.models import AttentionSRNet, SwinIR

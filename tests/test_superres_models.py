@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from kdengine import CheckpointError, DataInfo
-from kdengine.checkpoint import save_weights
+from kdengine.io.weights import save_weights
 from kdengine_superres.models import AttentionSRNet, SpandrelModel, SwinIR
 
 INFO = DataInfo(task="superres", in_channels=3, scale=4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdengine.catalog import get_catalog
+from kdengine.plugins.catalog import get_catalog
 from kdengine_superres.figure import detailed_crop, draw_sr_figure
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdengine import DataInfo, DatasetProvider, LossTerm, Metric, ModelFactory, Params, testing
-from kdengine.catalog import get_catalog
+from kdengine.plugins.catalog import get_catalog
 from kdengine.testing import ContractError
 from kdengine_classification.data import Digits
 from kdengine_classification.losses import CrossEntropy, KLDivergence

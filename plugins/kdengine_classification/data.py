@@ -12,7 +12,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from kdengine import DataError, DataInfo, DatasetProvider, Params
-from kdengine.components import describe_params, fingerprint_files
+from kdengine import describe_params, fingerprint_files
 
 from kdengine_classification.augment import AugmentParams, BatchAugment
 

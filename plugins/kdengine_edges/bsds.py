@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, field_validator
 
 from kdengine import DataError, Params
-from kdengine.components import fingerprint_files
+from kdengine import fingerprint_files
 
 from kdengine_edges.provider import EdgeProvider
 from kdengine_edges.readers import read_bsds_boundaries, read_rgb

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from kdengine import DataError, Params
-from kdengine.components import fingerprint_files
+from kdengine import fingerprint_files
 
 from kdengine_edges.provider import EdgeProvider
 from kdengine_edges.readers import IMAGE_SUFFIXES, read_gray, read_rgb

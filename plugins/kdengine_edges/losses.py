@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from kdengine import LossContext, LossTerm, Params
+from kdengine import DataError, KDEngineError, LossContext, LossTerm, Params
 
 from kdengine_edges.transforms import split_targets
 
@@ -20,9 +20,9 @@ def _targets(ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor]:
     target, _ = split_targets(ctx.targets)
     target = target.to(ctx.student.dtype)
     if target.shape != ctx.student.shape:
-        raise ValueError(
-            f"edge target shape {tuple(target.shape)} does not match the student output "
-            f"{tuple(ctx.student.shape)}"
+        raise DataError(
+            f"loss: the edge target's shape {tuple(target.shape)} does not match the student's output "
+            f"{tuple(ctx.student.shape)}: the model must return one edge-logit map per image at the input's size"
         )
     valid = (target >= 0).to(target.dtype)
     return target.clamp(min=0), valid
@@ -72,7 +72,7 @@ class SigmoidMSE(LossTerm):
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         if ctx.teacher is None:
-            raise ValueError("sigmoid_mse needs the teacher's output")
+            raise KDEngineError("loss: sigmoid_mse needs the teacher's output; it is only used in distilled stages")
         teacher = torch.sigmoid(ctx.teacher.detach().to(ctx.student.dtype))
         return F.mse_loss(torch.sigmoid(ctx.student), teacher)
 

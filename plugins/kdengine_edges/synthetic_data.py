@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, model_validator
 
 from kdengine import Params
-from kdengine.components import describe_params
+from kdengine import describe_params
 
 from kdengine_edges.provider import EdgeProvider
 from kdengine_edges.synthetic import annotator_boundaries, boundaries, scene

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdengine import DataError, DataInfo, DatasetProvider, Params
-from kdengine.components import fingerprint_files
+from kdengine import fingerprint_files
 
 from .degrade import as_rgb_uint8, degrade, list_images, mod_crop, read_rgb, to_tensor
 from .tiling import tiled_predict

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from kdengine import CheckpointError, KDEngineError, LossContext, LossTerm, Params
-from kdengine.features import as_feature_map, make_adapter
+from kdengine import as_feature_map, make_adapter
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -197,7 +197,7 @@ class Perceptual(LossTerm):
 
     def __init__(self, params=None):
         super().__init__(params)
-        from kdengine.checkpoint import read_state_dict
+        from kdengine import read_state_dict
 
         path = Path(self.params.weights or default_vgg_weights())
         if not path.is_file():

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from kdengine import CheckpointError, DataInfo, KDEngineError, ModelFactory, Params
-from kdengine.checkpoint import read_state_dict
+from kdengine import read_state_dict
 
 # --------------------------------------------------------------------------------------- SwinIR
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from kdengine import KDEngineError, LossContext
-from kdengine.features import as_feature_map
+from kdengine import as_feature_map
 
 
 def tapped(ctx: LossContext, role: str, path: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ hint layer:
 
 with N the number of elements of F_t (a mean squared error; the paper's 1/2 factor is folded
 into the recipe's weight). r is a 1x1 convolution from the student's to the teacher's channels
-(kdengine.features.make_adapter), created in ``setup`` from a real batch, trained with the
+(kdengine.make_adapter), created in ``setup`` from a real batch, trained with the
 student and dropped at export. When the grids differ, r(F_s) is average-pooled (larger student
 grid) or bilinearly interpolated (smaller one) to the teacher's grid. Token features (B, N, C)
 of transformers are reshaped to square maps.
@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from kdengine import KDEngineError, LossContext, LossTerm, Params
-from kdengine.features import make_adapter
+from kdengine import make_adapter
 
 from kdengine_classification.kd_methods._common import resize_to, tapped
 

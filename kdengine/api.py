@@ -1,0 +1,115 @@
+"""What the command line and notebooks call: run, resume, cache_teacher.
+
+``run`` trains (or loads) the teacher, optionally trains the student from scratch as a baseline,
+then trains the same student distilled from the frozen teacher; with several seeds it repeats the
+run once per seed and summarises them (mean and standard deviation).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+from kdengine.errors import KDEngineError, located
+from kdengine.io.atomic import atomic_write_text
+from kdengine.plugins.catalog import get_catalog
+from kdengine.recipe import Recipe, load_recipe
+from kdengine.recipe.stages import plan_stages
+from kdengine.reporting.report import write_seed_report
+from kdengine.reporting.results import Results
+from kdengine.reporting.summary import SeedSummary, summarise
+from kdengine.teacher.cache import TeacherCache
+from kdengine.teacher.cached import default_cache_root, open_teacher_cache
+from kdengine.teacher.sources import CachedTeacher
+from kdengine.train.accelerator import make_accelerator
+from kdengine.train.context import RunContext, open_dataset
+from kdengine.train.models import ready_to_teach
+from kdengine.train.objective import build_loss_terms, tap_paths
+from kdengine.train.run import load_teacher_checkpoint, run_one
+
+RecipeSource = Recipe | str | Path | dict
+
+
+def run(recipe: RecipeSource, *, overrides: list[str] | tuple = (), progress: bool = True,
+        output_dir: str | Path | None = None, seeds: list[int] | None = None) -> Results | SeedSummary:
+    """Run a recipe and return its results.
+
+    With several seeds (``seeds=[0, 1, 2]`` or ``run.seeds`` in the recipe) the run is repeated
+    once per seed, each in ``<run folder>/seed-<n>/``, and a :class:`SeedSummary` with mean and
+    standard deviation of every stage's best and last metrics is returned (and written as
+    ``summary.json`` / ``summary.md``).
+    """
+    recipe = load_recipe(recipe, overrides=overrides)
+    seeds = seeds or recipe.run.seeds
+    if not seeds:
+        return run_one(recipe, recipe.run.seed, progress=progress,
+                       output_dir=Path(output_dir) if output_dir is not None else None)
+    return run_seeds(recipe, seeds, progress=progress, output_dir=output_dir)
+
+
+def run_seeds(recipe: Recipe, seeds: list[int], *, progress: bool = True,
+              output_dir: str | Path | None = None) -> SeedSummary:
+    if len(set(seeds)) != len(seeds):
+        raise KDEngineError(f"{recipe.source}: run.seeds: repeated seeds in {seeds}")
+    parent = Path(output_dir) if output_dir is not None else recipe.run.output_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = parent / f"{recipe.run.name}-{stamp}-seeds"
+    suffix = 0
+    while root.exists():
+        suffix += 1
+        root = parent / f"{recipe.run.name}-{stamp}-seeds-{suffix}"
+    results = [run_one(recipe, seed, progress=progress, output_dir=root, folder_name=f"seed-{seed}")
+               for seed in seeds]
+    summary = summarise(results, str(root), seeds)
+    atomic_write_text(root / "summary.json", summary.model_dump_json(indent=2))
+    write_seed_report(summary, root)
+    return summary
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> Results:
+    """Continue an interrupted run in its own folder (``kdengine run --resume RUN_DIR``)."""
+    run_dir = Path(run_dir)
+    recipe_file = run_dir / "recipe.json"
+    if not recipe_file.is_file():
+        raise KDEngineError(f"{run_dir}: not a run folder (no recipe.json)")
+    recipe = load_recipe(recipe_file)
+    if (run_dir / "results.json").is_file() and Results.load(run_dir / "results.json").complete:
+        raise KDEngineError(f"{run_dir}: this run already finished; nothing to resume")
+    return run_one(recipe, recipe.run.seed, progress=progress, resume_dir=run_dir)
+
+
+def cache_teacher(recipe: RecipeSource, *, overrides: list[str] | tuple = (), progress: bool = True,
+                  output_dir: str | Path | None = None) -> list[TeacherCache]:
+    """Build the teacher-output caches of a recipe whose teacher is a checkpoint, before any
+    student trains (``kdengine cache-teacher``): one per stage taught by the teacher."""
+    recipe = load_recipe(recipe, overrides=overrides)
+    if recipe.teacher.checkpoint is None:
+        raise KDEngineError(
+            f"{recipe.source}: teacher.checkpoint: the teacher is trained in the run, so its cache is built "
+            "after it is trained (set teacher.cache = true and run the recipe); cache-teacher needs a trained teacher"
+        )
+    seed = recipe.run.seed
+    accelerator = make_accelerator(recipe.train.mixed_precision)
+    set_seed(seed)
+    provider, info = open_dataset(recipe)
+    factory = get_catalog().get("teacher", recipe.teacher.name)(recipe.teacher.params)
+    load_teacher_checkpoint(recipe, factory, info)  # a bad file stops here, before any work
+    with located(recipe.source, "data"):
+        train_set, eval_set = provider.train_set(), provider.eval_set()
+    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, eval_set, None, progress)
+    root = default_cache_root(recipe, Path(output_dir) if output_dir is not None else Path(recipe.run.output_dir))
+    channels_last = recipe.teacher_train().channels_last
+    source = CachedTeacher(Path(recipe.teacher.checkpoint), lambda: ready_to_teach(
+        load_teacher_checkpoint(recipe, factory, info), accelerator, channels_last))
+    _, terms, _ = build_loss_terms(recipe, with_teacher=True)
+    _, teacher_paths = tap_paths(terms)
+    caches = []
+    for plan in plan_stages(recipe):
+        if plan.teacher != "teacher":
+            continue
+        loader = ctx.loaders(plan.train)[0]
+        steps = min(len(loader), plan.train.max_steps_per_epoch or len(loader))
+        caches.append(open_teacher_cache(ctx, plan, source, teacher_paths, steps, root))
+    return caches

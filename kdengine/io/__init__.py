@@ -1,0 +1,1 @@
+"""Files: atomic writes, weights, training state, the run folder, fingerprints, images."""

@@ -1,0 +1,212 @@
+"""Base classes for everything a recipe can name.
+
+Each component class has a nested pydantic ``Params`` model (``extra="forbid"``) that validates
+the recipe's ``params`` table before any weights load, and receives the validated instance as
+``self.params``. Subclass these in a plugin and register the class through a hook
+(see :mod:`kdengine.plugins.hookspecs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class Params(BaseModel):
+    """Base of every component's parameters: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def _validated(cls: type, params: Params | Mapping[str, Any] | None) -> Params:
+    model: type[Params] = cls.Params
+    if isinstance(params, model):
+        return params
+    return model.model_validate(dict(params or {}))
+
+
+class Component:
+    """Shared constructor: ``Component(params)`` validates ``params`` against ``cls.Params``."""
+
+    Params: ClassVar[type[Params]] = Params
+    #: One line shown by ``kdengine plugins``; defaults to the first line of the docstring.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: Params | Mapping[str, Any] | None = None):
+        self.params = _validated(type(self), params)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What models and metrics need to know about a dataset."""
+
+    task: str
+    in_channels: int = 3
+    num_classes: int | None = None
+    #: Super-resolution factor, for tasks that have one.
+    scale: int | None = None
+    #: Names of the classes, when known (used in reports).
+    class_names: tuple[str, ...] | None = None
+
+
+class ModelFactory(Component):
+    """Builds a teacher or student ``nn.Module`` for a dataset."""
+
+    def build(self, info: DataInfo) -> nn.Module:
+        raise NotImplementedError
+
+    def load(self, path: Path, info: DataInfo) -> nn.Module:
+        """Build the model and load trained weights from ``path``.
+
+        The default accepts kdengine's own safetensors checkpoints and plain state dicts saved with
+        ``torch.save`` (read with ``weights_only=True``). Override it for formats that carry their
+        own architecture (for example spandrel-detected super-resolution checkpoints).
+        """
+        from kdengine.io.weights import load_weights
+
+        model = self.build(info)
+        load_weights(model, path)
+        return model
+
+
+class DatasetProvider(Component):
+    """Builds the train and evaluation splits of one dataset.
+
+    Each split is a ``torch.utils.data.Dataset`` whose items are ``(input, target)`` pairs.
+
+    Bad samples (an unreadable or truncated file, a missing annotation, image and label sizes
+    that disagree) are found while the splits are built, not in ``__getitem__``, and handed to
+    :meth:`bad_sample`: under the recipe's ``data.on_bad_sample = "error"`` (the default) it
+    raises the :class:`~kdengine.errors.DataError`; under ``"skip"`` it records the error and the
+    provider leaves the sample out. The engine reports :meth:`skipped_samples` in the results.
+    """
+
+    #: ``data.on_bad_sample`` of the recipe, set by the engine after construction.
+    on_bad_sample: Literal["error", "skip"] = "error"
+
+    def bad_sample(self, error: Exception) -> None:
+        """Report one bad sample: raise ``error`` under ``"error"``; under ``"skip"`` record it
+        (its message names the file) and return, so that the caller leaves the sample out.
+        Recording the same message twice (splits built again) counts it once."""
+        if self.on_bad_sample != "skip":
+            raise error
+        self.__dict__.setdefault("_skipped", {})[str(error)] = None
+
+    def skipped_samples(self) -> list[str]:
+        """The bad samples left out so far, one message each, naming the file and the problem."""
+        return list(self.__dict__.get("_skipped", {}))
+
+    def fingerprint(self) -> dict[str, Any] | str | None:
+        """What identifies the data this provider reads, recorded in ``environment.json``.
+
+        File-based datasets return :func:`fingerprint_files` over the files they read; generated
+        or bundled data return a string describing what produces it (for example
+        ``"synthetic_edges: seed=0, size=64"``). None (the default) records that the dataset
+        gives no fingerprint. Called once per run, on the main process, after the splits are built.
+        """
+        return None
+
+    def info(self) -> DataInfo:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise :class:`kdengine.errors.DataError` naming the missing file or folder, if any.
+
+        Called during recipe validation, before any weights load. Must be cheap.
+        """
+
+    def train_set(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def eval_set(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def collate_fn(self) -> Callable | None:
+        """A custom collate function for both splits, or None for PyTorch's default."""
+        return None
+
+    def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's output for an evaluation batch; override for tiled inference and the like."""
+        return model(inputs)
+
+    def sample_figure(self, models: dict[str, nn.Module], path: Path) -> Path | None:
+        """Draw the task's sample figure (for example input | truth | teacher | students).
+
+        ``models`` maps a stage label (``"teacher"``, ``"scratch"``, ``"distilled"``, ...) to its
+        trained model, in eval mode on the run's device. Write a PNG to ``path`` and return it, or
+        return None when the task has no figure. Called once per run, on the main process.
+        """
+        return None
+
+    def batch_augment(self, inputs: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
+        """Augment a training batch on the device (for example CutMix/Mixup).
+
+        It runs once per batch, before the batch reaches the teacher and the student, so both see
+        exactly the same augmented inputs. The default returns the batch unchanged.
+        """
+        return inputs, targets
+
+
+@dataclass
+class LossContext:
+    """Everything a loss term may look at for one batch."""
+
+    inputs: torch.Tensor
+    targets: Any
+    student: torch.Tensor
+    #: The frozen teacher's output, or None in stages without a teacher.
+    teacher: torch.Tensor | None = None
+    #: Tapped intermediate features, keyed by module path (see ``LossTerm.student_taps``).
+    student_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class LossTerm(nn.Module):
+    """One weighted term of the training loss.
+
+    A loss term is an ``nn.Module`` so it can own trainable parts (for example the adapters of a
+    feature-matching loss); those are trained with the student and dropped at export.
+    """
+
+    Params: ClassVar[type[Params]] = Params
+    summary: ClassVar[str] = ""
+    #: Terms that compare with the teacher are left out of the teacher and baseline stages.
+    needs_teacher: ClassVar[bool] = False
+
+    def __init__(self, params: Params | Mapping[str, Any] | None = None):
+        super().__init__()
+        self.params = _validated(type(self), params)
+
+    def student_taps(self) -> list[str]:
+        """Module paths in the student whose outputs this term needs (``named_modules`` names)."""
+        return []
+
+    def teacher_taps(self) -> list[str]:
+        """Module paths in the teacher whose outputs this term needs."""
+        return []
+
+    def setup(self, ctx: LossContext) -> None:
+        """Called once with a real batch before the optimizer is built: create adapters here."""
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Metric(Component):
+    """Builds a ``torchmetrics.Metric`` fed with ``update(student_output, target)`` each batch.
+
+    ``compute()`` returns a scalar tensor, or a dict of named scalars (each becomes a column).
+    """
+
+    higher_is_better: ClassVar[bool] = True
+    #: The names of the values ``compute()`` returns when it returns a dict (e.g. ``("ods", "ois")``);
+    #: empty when it returns one scalar, which is reported under the recipe's metric name.
+    keys: ClassVar[tuple[str, ...]] = ()
+
+    def build(self, info: DataInfo):
+        raise NotImplementedError

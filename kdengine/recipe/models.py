@@ -1,0 +1,307 @@
+"""The recipe's pydantic models: every table and key a recipe may have, with its type, range and
+default. Unknown keys are errors (``extra="forbid"``). Loading and the second validation phase
+(each component's own ``Params``) are in :mod:`kdengine.recipe.loading`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Union
+
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
+
+from kdengine.recipe.trackers import check_tracker_names, supported_trackers
+from kdengine.recipe.problems import format_validation_error
+from kdengine.recipe.units import parse_size
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class RunSection(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    seed: int = Field(0, ge=0)
+    #: Repeat the whole run once per seed and report mean +- std (overrides ``seed``).
+    seeds: list[int] | None = Field(None, min_length=1)
+    #: Parent folder of run folders; each run gets ``<output_dir>/<name>-<timestamp>``.
+    output_dir: Path = Path("runs")
+
+
+class ComponentSpec(_Section):
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossSpec(ComponentSpec):
+    weight: float = Field(1.0, ge=0)
+
+
+class DataSpec(ComponentSpec):
+    """The ``[data]`` table: the dataset's name and params, and what to do with bad samples."""
+
+    #: A sample whose file is unreadable or truncated, whose annotation is missing, or whose
+    #: image and label sizes disagree: stop with an error naming the file, or leave the sample
+    #: out and report the count (and the files) in the results and a warning at the start.
+    on_bad_sample: Literal["error", "skip"] = "error"
+
+
+class SGDSpec(_Section):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class AdamSpec(_Section):
+    name: Literal["adam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class AdamWSpec(_Section):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: PyTorch's AdamW default: decoupled decay is the point of AdamW.
+    weight_decay: float = Field(0.01, ge=0)
+
+
+def _named(default: str):
+    """The ``name`` of a tagged table, ``default`` when the table gives none (``{ lr = 0.1 }``)."""
+
+    def tag(value: Any) -> str:
+        if isinstance(value, Mapping):
+            return value.get("name", default)
+        return getattr(value, "name", default)
+    return tag
+
+
+#: ``train.optimizer``: each optimizer accepts its own keys only, with defaults that suit it.
+OptimizerSpec = Annotated[
+    Union[Annotated[SGDSpec, Tag("sgd")], Annotated[AdamSpec, Tag("adam")], Annotated[AdamWSpec, Tag("adamw")]],
+    Discriminator(_named("sgd"), custom_error_type="optimizer_name",
+                  custom_error_message="name: input should be 'sgd', 'adam' or 'adamw'"),
+]
+
+
+class _Schedule(_Section):
+    #: Linear warm-up from lr/100 to lr over this many epochs (counted in optimizer steps).
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class ConstantSchedule(_Schedule):
+    name: Literal["none"] = "none"
+
+
+class CosineSchedule(_Schedule):
+    name: Literal["cosine"] = "cosine"
+    #: The learning rate at the end of the stage.
+    min_lr: float = Field(0.0, ge=0)
+
+
+class StepSchedule(_Schedule):
+    name: Literal["step"] = "step"
+    #: Multiply the lr by ``gamma`` every ``step_size`` epochs.
+    step_size: int = Field(30, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class PlateauSchedule(_Schedule):
+    name: Literal["plateau"] = "plateau"
+    #: Multiply the lr by ``factor`` after ``patience`` epochs without improvement of the monitor.
+    patience: int = Field(2, ge=0)
+    factor: float = Field(0.1, gt=0, lt=1)
+    #: The lowest learning rate.
+    min_lr: float = Field(0.0, ge=0)
+
+
+#: ``train.scheduler``: each schedule accepts its own keys only.
+SchedulerSpec = Annotated[
+    Union[Annotated[ConstantSchedule, Tag("none")], Annotated[CosineSchedule, Tag("cosine")],
+          Annotated[StepSchedule, Tag("step")], Annotated[PlateauSchedule, Tag("plateau")]],
+    Discriminator(_named("none"), custom_error_type="scheduler_name",
+                  custom_error_message="name: input should be 'none', 'cosine', 'step' or 'plateau'"),
+]
+
+
+MixedPrecision = Literal["no", "bf16", "fp16"]
+
+
+def _tracker_names_schema(schema: dict[str, Any]) -> None:
+    """``train.log_with`` in the JSON Schema: the tracker names Accelerate knows, for completion."""
+    schema["items"] = {"type": "string", "enum": supported_trackers()}
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    #: Evaluation batch size; defaults to ``batch_size``.
+    eval_batch_size: int | None = Field(None, ge=1)
+    optimizer: OptimizerSpec = Field(default_factory=SGDSpec)
+    scheduler: SchedulerSpec = Field(default_factory=ConstantSchedule)
+    mixed_precision: MixedPrecision = "no"
+    channels_last: bool = False
+    #: Also train the student from scratch, with the same seed and budget, for the comparison.
+    baseline: bool = True
+    #: Metric choosing the best epoch; defaults to the first metric's (first) value.
+    monitor: str | None = None
+    #: Epochs whose metrics are reported in the results table beside best and last.
+    report_epochs: list[int] = Field(default_factory=list)
+    grad_clip: float | None = Field(None, gt=0)
+    #: A non-finite loss or gradient: stop the run (keeping the last good checkpoint), or skip
+    #: the batch and count it in the results.
+    on_nan: Literal["stop", "skip"] = "stop"
+    num_workers: int = Field(0, ge=0)
+    #: Cap on optimizer steps per epoch (quick experiments; None = the whole train split).
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    #: Experiment trackers (Accelerate's): "tensorboard", "mlflow", "wandb", ...; every loss term,
+    #: metric, lr and epoch time per stage, and the recipe as hyperparameters. Files go to
+    #: ``<run folder>/tracking/``.
+    log_with: list[str] = Field(default_factory=list, json_schema_extra=_tracker_names_schema)
+    #: Memory budget ("4GiB", "512MiB"): the largest micro-batch that fits is measured and the
+    #: batch is trained with gradient accumulation (process memory on CPU, device memory on GPU).
+    max_memory: str | None = None
+
+    @field_validator("max_memory")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    @field_validator("log_with")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        return check_tracker_names(names)
+
+    @model_validator(mode="after")
+    def _report_epochs_in_range(self) -> "TrainSpec":
+        bad = [e for e in self.report_epochs if not 1 <= e <= self.epochs]
+        if bad:
+            raise ValueError(f"report_epochs: {bad} outside 1..epochs ({self.epochs})")
+        return self
+
+
+class TrainOverride(_Section):
+    """Per-stage changes to ``[train]``; a value given here replaces the one in ``[train]``."""
+
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    optimizer: OptimizerSpec | None = None
+    scheduler: SchedulerSpec | None = None
+    mixed_precision: MixedPrecision | None = None
+    channels_last: bool | None = None
+    monitor: str | None = None
+    report_epochs: list[int] | None = None
+    grad_clip: float | None = Field(None, gt=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_memory: str | None = None
+
+    def apply(self, base: TrainSpec) -> TrainSpec:
+        update = self.model_dump(exclude_unset=True)
+        merged = base.model_dump()
+        merged.update(update)
+        if "report_epochs" not in update:  # inherited report epochs beyond this stage's length are dropped
+            merged["report_epochs"] = [e for e in base.report_epochs if e <= merged["epochs"]]
+        return TrainSpec.model_validate(merged)
+
+
+class TeacherSpec(ComponentSpec):
+    #: Trained teacher weights to load instead of training the teacher.
+    checkpoint: Path | None = None
+    train: TrainOverride | None = None
+    #: Compute the teacher's outputs on the students' augmented batches once, store them on disk
+    #: (memory-mapped) and train students without the teacher in memory.
+    cache: bool = False
+    #: Where caches live (default: ``teacher-cache/`` in the run's output folder); one sub-folder
+    #: per key (teacher weights, data, augmentation, seed, batch layout, precision).
+    cache_dir: Path | None = None
+    #: Storage type of cached outputs and features.
+    cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    #: Rows per teacher forward pass while building (consecutive student batches are joined);
+    #: default: the student's batch size.
+    cache_batch_size: int | None = Field(None, ge=1)
+    #: The frozen teacher's precision when it teaches (and builds the cache): "same" as the
+    #: stage's ``train.mixed_precision``, "no" (float32), "bf16", "fp16", or "auto": the fastest,
+    #: measured on the first batch (bf16 and channels_last help some models and hurt others).
+    precision: Literal["same", "no", "bf16", "fp16", "auto"] = "same"
+    #: The teacher's memory format when it teaches (default: the stage's ``train.channels_last``;
+    #: measured too under ``precision = "auto"``).
+    channels_last: bool | None = None
+
+
+STAGE_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
+RESERVED_STAGES = ("teacher", "scratch", "distilled", "direct")
+
+
+class GenerationSpec(_Section):
+    """One student generation of a progressive chain; generation 1 is ``[teacher]``."""
+
+    #: The stage's name in tables and the run folder (``checkpoints/<name>/``).
+    name: str = Field(pattern=STAGE_NAME, max_length=60)
+    student: ComponentSpec
+    #: The stage that teaches this generation: ``teacher`` or an earlier generation's name
+    #: (default: the previous generation).
+    teacher: str | None = None
+    #: Which weights of the teaching stage to use: its best epoch or its last.
+    weights: Literal["best", "last"] = "best"
+    train: TrainOverride | None = None
+
+
+class Recipe(_Section):
+    run: RunSection
+    data: DataSpec
+    teacher: TeacherSpec
+    #: The student, for a single teacher -> student distillation ...
+    student: ComponentSpec | None = None
+    #: ... or a chain of student generations, each taught by an earlier one.
+    generation: list[GenerationSpec] | None = Field(None, min_length=1)
+    #: With generations: also distil the last generation's student directly from the teacher.
+    direct: bool = False
+    train: TrainSpec
+    loss: list[LossSpec] = Field(min_length=1)
+    metric: list[ComponentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _student_or_generations(self) -> "Recipe":
+        if (self.student is None) == (self.generation is None):
+            raise ValueError("give either [student] or [[generation]] (a progressive chain), not both or neither")
+        if self.direct and self.generation is None:
+            raise ValueError("direct = true needs [[generation]]")
+        overrides = [("teacher.train", self.teacher.train)]
+        overrides += [(f"generation[{i}].train", g.train) for i, g in enumerate(self.generation or [])]
+        for where, override in overrides:
+            if override is not None:
+                try:
+                    override.apply(self.train)
+                except ValidationError as exc:
+                    raise ValueError("; ".join(format_validation_error(exc, prefix=(where,)))) from None
+        seen = ["teacher"]
+        for i, gen in enumerate(self.generation or []):
+            if gen.name in RESERVED_STAGES or gen.name in seen:
+                raise ValueError(f"generation[{i}].name: '{gen.name}' is reserved or already used")
+            if gen.teacher is not None and gen.teacher not in seen:
+                raise ValueError(
+                    f"generation[{i}].teacher: '{gen.teacher}' is not the teacher or an earlier generation "
+                    f"(known: {', '.join(seen)})"
+                )
+            seen.append(gen.name)
+        return self
+
+    _source: str = PrivateAttr("<recipe>")
+
+    @property
+    def source(self) -> str:
+        """The file the recipe came from (or ``<dict>``), for messages."""
+        return self._source
+
+    def teacher_train(self) -> TrainSpec:
+        """The ``[train]`` settings with the teacher's overrides applied."""
+        return self.teacher.train.apply(self.train) if self.teacher.train else self.train
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,1 @@
+"""Results, tables and figures, experiment tracking, progress, multi-seed summaries."""

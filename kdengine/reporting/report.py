@@ -1,0 +1,93 @@
+"""The run's report: ``results.md`` and a self-contained ``report.html`` (tables and figures), and
+the multi-seed ``summary.md`` / ``summary.html``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from kdengine.io.atomic import atomic_write_text
+from kdengine.reporting.figures import plot_curves, plot_generations
+from kdengine.reporting.results import Results
+from kdengine.reporting.tables import generation_table, results_table, seed_table
+
+
+def write_report(results: Results, run_dir: Path, sample_figure: Path | None = None) -> Path:
+    """``results.md`` and a self-contained ``report.html`` with every table and figure."""
+    run_dir = Path(run_dir)
+    curves = plot_curves(results, run_dir / "curves.png")
+    generations = plot_generations(results, run_dir / "generations.png")
+    lines = [f"# {results.name} (seed {results.seed})", "", results_table(results), ""]
+    gen_table = generation_table(results)
+    if gen_table:
+        lines += ["## Generations", "", gen_table, ""]
+    lines.append(f"Run time: {results.seconds / 60:.1f} min. The best epoch of each stage is chosen by "
+                 f"{results.monitor} on the evaluation split.")
+    if results.skipped_samples:
+        lines += ["", f"**{results.skipped_samples} bad sample(s) were left out** "
+                  '(`data.on_bad_sample = "skip"`):', ""]
+        lines += [f"- {name}" for name in results.skipped_files]
+        if results.skipped_samples > len(results.skipped_files):
+            lines.append(f"- ... and {results.skipped_samples - len(results.skipped_files)} more")
+    for title, figure in (("Training curves", curves), ("Generations", generations), ("Samples", sample_figure)):
+        if figure:
+            lines += ["", f"## {title}", "", f"![{title.lower()}]({Path(figure).name})"]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(run_dir / "results.md", text)
+    write_html(text, run_dir / "report.html", run_dir, title=f"{results.name}: kdengine report")
+    return run_dir / "results.md"
+
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def write_html(markdown_text: str, path: Path, base: Path, title: str) -> Path:
+    """Render markdown to one HTML file, with the PNG figures embedded (no side files needed)."""
+    import base64
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    def embed(match: re.Match) -> str:
+        alt, target = match.group(1), match.group(2)
+        file = base / target
+        if not file.is_file():
+            return match.group(0)
+        data = base64.b64encode(file.read_bytes()).decode("ascii")
+        return f"![{alt}](data:image/png;base64,{data})"
+
+    embedded = re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", embed, markdown_text)
+    body = MarkdownIt("commonmark").enable("table").render(embedded)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>{body}</body></html>")
+    atomic_write_text(path, page)
+    return path
+
+
+def write_seed_report(summary, root: Path) -> Path:
+    lines = [f"# {summary.name}: {len(summary.seeds)} seeds", "", seed_table(summary), "",
+             "Runs: " + ", ".join(f"[{Path(r).name}]({Path(r).name}/report.html)" for r in summary.runs)]
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(root / "summary.md", text)
+    write_html(text, root / "summary.html", root, title=f"{summary.name}: {len(summary.seeds)} seeds")
+    return root / "summary.md"
+
+
+def finish_run_report(run_dir: Path, results: Results, provider, models: dict) -> None:
+    """At the end of a run: ``results.json``, the task's sample figure (drawn by the dataset
+    provider from every stage's model) and the report."""
+    run_dir = Path(run_dir)
+    results.save(run_dir / "results.json")
+    figure = None
+    try:
+        figure = provider.sample_figure(models, run_dir / "samples.png")
+    except Exception as exc:  # a plugin's figure must never cost the run its results
+        warnings.warn(f"the dataset's sample figure failed: {type(exc).__name__}: {exc}")
+    write_report(results, run_dir, figure)

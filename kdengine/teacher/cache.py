@@ -1,0 +1,273 @@
+"""The teacher-output cache: the frozen teacher's outputs on the student's augmented batches,
+computed once, stored compactly on disk and memory-mapped, so that students train without the
+teacher in memory.
+
+A cache folder holds, for one teacher and one student data stream, one sub-folder per epoch::
+
+    <cache root>/<key>/
+        meta.json              what the key was made of, shapes, dtype
+        epoch-0001/output.npy  the teacher's output for every training row of epoch 1
+        epoch-0001/feat-0.npy  the tapped teacher features the loss terms need (when any)
+        ...
+
+Rows follow the student's batches: step ``s`` of an epoch covers rows ``offsets[s]`` to
+``offsets[s + 1]``; under several processes each process reads its contiguous share of the step.
+The student's data order and augmentation are pure functions of (seed, epoch, sample, step,
+process) (:mod:`kdengine.teacher.replay`): the cache is built by drawing the same stream, so the cached
+outputs match the batches the student sees. The key hashes the teacher's weights, the data, the
+augmentation settings, the seed, the batch layout and the precision; a different key is a different
+folder, and several students (with the same data stream) reuse one cache. Epochs are written one
+at a time to a temporary folder and renamed into place: an interrupted build leaves no half epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdengine.io.atomic import atomic_write_text
+from kdengine.errors import KDEngineError
+
+FORMAT = 1
+STORAGE = {"float16": (torch.float16, np.float16), "bfloat16": (torch.bfloat16, np.int16),
+           "float32": (torch.float32, np.float32)}
+
+
+def tensor_digest(model: nn.Module) -> str:
+    """sha256 over a model's parameters and buffers (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an epoch's rows are split into steps and processes."""
+
+    #: Rows of each step (the global batch), in order.
+    sizes: tuple[int, ...]
+    num_processes: int
+
+    @property
+    def rows(self) -> int:
+        return sum(self.sizes)
+
+    def offset(self, step: int) -> int:
+        return sum(self.sizes[:step])
+
+    def share(self, step: int, process: int) -> tuple[int, int]:
+        """Rows of ``step`` that ``process`` trains on (Accelerate's split_batches: contiguous
+        equal shares of the global batch)."""
+        size = self.sizes[step]
+        per = size // self.num_processes
+        start = self.offset(step) + process * per
+        return start, start + per
+
+
+class TeacherCache:
+    """One cache folder; build missing epochs with :meth:`ensure`, read with :meth:`lookup`."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = path
+        self.meta = meta
+        self.layout = Layout(tuple(meta["sizes"]), meta["num_processes"])
+        self.torch_dtype, self.np_dtype = STORAGE[meta["dtype"]]
+        self._open: dict[int, dict[str, np.ndarray]] = {}
+
+    # -- opening
+
+    @classmethod
+    def open(cls, root: Path, parts: dict[str, Any], layout: Layout, dtype: str) -> "TeacherCache":
+        """The cache for ``parts`` (what the key is made of) under ``root``, created empty if new.
+        An existing folder whose recorded key differs is refused."""
+        if dtype not in STORAGE:
+            raise KDEngineError(f"teacher.cache_dtype: '{dtype}' is not one of {', '.join(STORAGE)}")
+        text = json.dumps({"format": FORMAT, "dtype": dtype, **parts}, sort_keys=True, default=str)
+        key = hashlib.sha256(text.encode()).hexdigest()[:24]
+        path = Path(root) / key
+        meta = {"format": FORMAT, "key": key, "dtype": dtype, "parts": json.loads(text),
+                "sizes": list(layout.sizes), "num_processes": layout.num_processes, "shapes": None}
+        meta_file = path / "meta.json"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KDEngineError(f"teacher.cache_dir: cannot create '{path}': {exc.strerror or exc}") from None
+        if meta_file.is_file():
+            try:
+                recorded = json.loads(meta_file.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise KDEngineError(f"{meta_file}: unreadable teacher cache ({exc}); delete the folder to rebuild it") from None
+            if recorded.get("key") != key or recorded.get("parts") != meta["parts"]:
+                raise KDEngineError(
+                    f"{meta_file}: this teacher cache was made for other settings "
+                    f"({describe_difference(recorded.get('parts', {}), meta['parts'])}); delete the folder to rebuild it"
+                )
+            meta = recorded
+        else:
+            atomic_write_text(meta_file, json.dumps(meta, indent=2))
+        return cls(path, meta)
+
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+    def epoch_dir(self, epoch: int) -> Path:
+        return self.path / f"epoch-{epoch:04d}"
+
+    def has_epoch(self, epoch: int) -> bool:
+        return (self.epoch_dir(epoch) / "done").is_file()
+
+    def missing(self, epochs: int) -> list[int]:
+        return [e for e in range(1, epochs + 1) if not self.has_epoch(e)]
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*.npy"))
+
+    # -- building
+
+    def ensure(self, epochs: int, batches: Callable[[int], Any], teacher: Callable[[], Callable],
+               feature_paths: list[str], log: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+        """Build every missing epoch up to ``epochs``.
+
+        ``batches(epoch)`` yields, for each step, the augmented input rows of that step (already
+        concatenated over processes); ``teacher()`` returns a function mapping an input batch to
+        ``(output, {path: feature})``; it is only called when something is missing, so a complete
+        cache never loads the teacher.
+        """
+        todo = self.missing(epochs)
+        stats = {"built_epochs": len(todo), "seconds": 0.0}
+        if not todo:
+            return stats
+        started = time.perf_counter()
+        forward = teacher()
+        for epoch in todo:
+            self._build_epoch(epoch, batches(epoch), forward, feature_paths)
+            log(f"teacher cache {self.key}: epoch {epoch} written")
+        stats["seconds"] = time.perf_counter() - started
+        return stats
+
+    def _build_epoch(self, epoch: int, batches, forward, feature_paths: list[str]) -> None:
+        final = self.epoch_dir(epoch)
+        tmp = self.path / f".tmp-epoch-{epoch:04d}-{time.time_ns()}"
+        tmp.mkdir()
+        try:
+            arrays: dict[str, np.ndarray] = {}
+            row = 0
+            for inputs in self._grouped(batches):
+                output, features = forward(inputs)
+                if not isinstance(output, torch.Tensor):
+                    raise KDEngineError(
+                        f"teacher.cache: the teacher returns {type(output).__name__}, not a tensor; "
+                        "the cache stores tensor outputs only (set teacher.cache = false)"
+                    )
+                values = {"output": output, **{f"feat-{i}": features[p] for i, p in enumerate(feature_paths)}}
+                if not arrays:
+                    self._record_shapes(values)
+                    arrays = {
+                        name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=self.np_dtype,
+                                                        shape=(self.layout.rows, *value.shape[1:]))
+                        for name, value in values.items()
+                    }
+                stop = row + output.shape[0]
+                if stop > self.layout.rows:
+                    raise KDEngineError(f"teacher cache: epoch {epoch} yields more rows than its {self.layout.rows}")
+                for name, value in values.items():
+                    arrays[name][row:stop] = self._to_numpy(value)
+                row = stop
+            if row != self.layout.rows:
+                raise KDEngineError(f"teacher cache: epoch {epoch} produced {row} rows, expected {self.layout.rows}")
+            for array in arrays.values():
+                array.flush()
+            del arrays
+            (tmp / "done").write_text("ok\n")
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not self.has_epoch(epoch):  # not another process finishing the same epoch first
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _grouped(self, batches):
+        """Consecutive steps' inputs concatenated up to ``group_rows`` rows: the teacher runs at
+        the batch size that suits inference, whatever the student's."""
+        group = self.meta["parts"].get("group_rows") or 0
+        pending: list[torch.Tensor] = []
+        rows = 0
+        for inputs in batches:
+            pending.append(inputs)
+            rows += inputs.shape[0]
+            if rows >= group:
+                yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                pending, rows = [], 0
+        if pending:
+            yield pending[0] if len(pending) == 1 else torch.cat(pending)
+
+    def _record_shapes(self, values: dict[str, torch.Tensor]) -> None:
+        shapes = {name: list(value.shape[1:]) for name, value in values.items()}
+        if self.meta.get("shapes") is None:
+            self.meta["shapes"] = shapes
+            atomic_write_text(self.path / "meta.json", json.dumps(self.meta, indent=2))
+        elif self.meta["shapes"] != shapes:
+            raise KDEngineError(
+                f"{self.path / 'meta.json'}: the teacher now gives shapes {shapes}, the cache holds "
+                f"{self.meta['shapes']}; delete the folder to rebuild it"
+            )
+
+    def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
+        value = value.detach().to("cpu", self.torch_dtype)
+        if self.torch_dtype is torch.bfloat16:
+            value = value.view(torch.int16)
+        return value.numpy()
+
+    # -- reading
+
+    def _arrays(self, epoch: int) -> dict[str, np.ndarray]:
+        if epoch not in self._open:
+            folder = self.epoch_dir(epoch)
+            if not self.has_epoch(epoch):
+                raise KDEngineError(f"teacher cache {self.path}: epoch {epoch} is missing")
+            self._open = {epoch: {f.stem: np.load(f, mmap_mode="r") for f in sorted(folder.glob("*.npy"))}}
+        return self._open[epoch]
+
+    def lookup(self, epoch: int, step: int, process: int | None, feature_paths: list[str],
+               device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The teacher's output and features for one process's share of one step (the whole step
+        when ``process`` is None), as float32."""
+        if process is None:
+            start = self.layout.offset(step)
+            stop = start + self.layout.sizes[step]
+        else:
+            start, stop = self.layout.share(step, process)
+        arrays = self._arrays(epoch)
+
+        def read(name: str) -> torch.Tensor:
+            value = torch.from_numpy(np.array(arrays[name][start:stop]))  # a copy: the map is read-only
+            if self.torch_dtype is torch.bfloat16:
+                value = value.view(torch.bfloat16)
+            return value.to(device=device, dtype=torch.float32, non_blocking=True)
+
+        return read("output"), {p: read(f"feat-{i}") for i, p in enumerate(feature_paths)}
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "differs in " + ", ".join(changed) if changed else "unknown difference"
+
+
+def warn_not_replayable(problem: str, dataset: str) -> None:
+    warnings.warn(f"teacher.cache: dataset '{dataset}': {problem}")

@@ -1,0 +1,113 @@
+"""Building and opening a stage's teacher-output cache (the cache's format is in
+:mod:`kdengine.teacher.cache`).
+
+The cache is keyed by everything that changes the teacher's outputs on the student's batches:
+the teacher's weights, the data and its fingerprint, the seed (which fixes the data order and
+every augmentation draw), the batch layout over processes, and the precision the teacher runs in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate.utils import slice_tensors
+
+from kdengine.errors import KDEngineError, located
+from kdengine.io.fingerprint import file_sha256
+from kdengine.reporting.progress import console
+from kdengine.teacher.cache import Layout, TeacherCache
+from kdengine.teacher.precision import teacher_runner
+from kdengine.teacher.replay import BatchAugmentStream, check_replayable
+from kdengine.train.tensors import prepare_inputs, to_device
+
+if TYPE_CHECKING:
+    from kdengine.recipe import Recipe
+    from kdengine.recipe.stages import StagePlan
+    from kdengine.teacher.sources import CachedTeacher
+    from kdengine.train.context import RunContext
+
+
+def default_cache_root(recipe: "Recipe", output_dir: Path) -> Path:
+    return Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir is not None else output_dir / "teacher-cache"
+
+
+def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeacher", feature_paths: list[str],
+                       steps: int, root: Path) -> TeacherCache:
+    """The stage's teacher-output cache, with every epoch the stage trains present (the main
+    process builds what is missing, drawing the student's data and augmentation stream)."""
+    recipe, train, accelerator = ctx.recipe, plan.train, ctx.accelerator
+    processes = accelerator.num_processes
+    rows = len(ctx.train_set)
+    sizes = [min(train.batch_size, rows - s * train.batch_size) for s in range(steps)]
+    if processes > 1 and sizes[-1] != train.batch_size:
+        raise KDEngineError(
+            f"{recipe.source}: teacher.cache: the train split ({rows} rows) is smaller than one batch "
+            f"({train.batch_size}); Accelerate pads such a batch across {processes} processes, which the cache "
+            "does not replay: use a smaller batch_size or one process"
+        )
+    if any(size % processes for size in sizes):
+        raise KDEngineError(
+            f"{recipe.source}: train.batch_size: {train.batch_size} (and the last batch, {sizes[-1]}) must "
+            f"divide evenly over {processes} processes for the teacher cache"
+        )
+    fingerprint = getattr(ctx.provider, "fingerprint", None)
+    parts = {
+        "teacher_weights": file_sha256(source.weights_file),
+        "data": recipe.data.model_dump(mode="json"),
+        "data_fingerprint": fingerprint() if callable(fingerprint) else None,
+        "train_rows": rows,
+        "seed": ctx.seed,
+        "batch_size": train.batch_size,
+        "num_processes": processes,
+        "mixed_precision": train.mixed_precision,
+        "channels_last": train.channels_last,
+        "features": feature_paths,
+        "teacher_inference": [recipe.teacher.precision, recipe.teacher.channels_last],
+        "group_rows": recipe.teacher.cache_batch_size or train.batch_size,
+    }
+    layout = Layout(tuple(sizes), processes)
+    augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
+
+    def batches(epoch: int):
+        loader = ctx.loaders(train)[0]
+        loader.sampler.set_epoch(epoch)
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            batch = to_device(batch, ctx.device)
+            share = sizes[step] // processes
+            pieces = []
+            for process in range(processes):  # each process augments its own share
+                piece = slice_tensors(batch, slice(process * share, (process + 1) * share)) if processes > 1 else batch
+                inputs, _ = augment(*piece, epoch=epoch, step=step, process=process)
+                pieces.append(prepare_inputs(inputs, train.channels_last))
+            yield pieces[0] if processes == 1 else torch.cat(pieces)
+
+    def teacher():
+        loader = ctx.loaders(train)[0]
+        loader.sampler.set_epoch(1)
+        problem = check_replayable(lambda: to_device(next(iter(loader)), ctx.device), augment)
+        if problem is not None:
+            raise KDEngineError(f"{recipe.source}: teacher.cache: dataset '{recipe.data.name}': {problem}")
+        model = source.load()
+        runner = teacher_runner(ctx, train, model, feature_paths, next(batches(1)))
+
+        def forward(inputs):
+            with accelerator.autocast():
+                return runner(inputs)
+        return forward
+
+    cache = None
+    if accelerator.is_main_process:
+        with located(recipe.source, "teacher.cache"):
+            cache = TeacherCache.open(root, parts, layout, recipe.teacher.cache_dtype)
+            stats = cache.ensure(train.epochs, batches, teacher, feature_paths)
+        if stats["built_epochs"] and ctx.progress:
+            console.print(f"{plan.name}: teacher cache {cache.path} built ({stats['built_epochs']} epochs, "
+                          f"{cache.size_bytes() / 2**20:.1f} MiB, {stats['seconds']:.1f} s)")
+    accelerator.wait_for_everyone()
+    if cache is None:
+        cache = TeacherCache.open(root, parts, layout, recipe.teacher.cache_dtype)
+    return cache

@@ -1,0 +1,103 @@
+"""Where a stage's teacher outputs come from.
+
+Every stage gets one :class:`TeacherSource`, and the epoch loop asks it the same question at every
+step, whatever the teacher is: "the teacher's outputs for this batch". The answer comes from
+
+- :class:`NoTeacher`: nothing (the teacher's own stage, and the scratch baselines);
+- :class:`InlineTeacher`: a frozen model run on the batch, in its own precision (a stage trained
+  earlier in the run, a checkpoint, or any model a factory delivers);
+- :class:`CachedTeacher`: the teacher-output cache, built first where it is missing.
+
+Which weights teach (a trained stage's best or last, a checkpoint) is decided by the run
+(:mod:`kdengine.train.run`); a new way of getting a teacher's outputs is a new class here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from accelerate.utils import slice_tensors
+from torch import nn
+
+from kdengine.io.state import rng_state, set_rng_state
+from kdengine.teacher.cached import default_cache_root, open_teacher_cache
+from kdengine.teacher.precision import TeacherRunner, teacher_runner
+
+if TYPE_CHECKING:
+    from kdengine.recipe.stages import StagePlan
+    from kdengine.train.context import RunContext
+
+#: ``teach(inputs, rows) -> (output, {path: feature})`` for one step; ``rows`` is the slice of the
+#: step's batch that ``inputs`` holds (micro-batches under ``train.max_memory``).
+StepTeacher = Callable[[torch.Tensor, slice], tuple[Any, dict[str, torch.Tensor]]]
+
+
+class TeacherSource:
+    """The teacher's outputs for every step of one stage."""
+
+    #: Whether the stage is taught (its loss terms include those that need a teacher).
+    teaches = True
+
+    def start(self, ctx: "RunContext", plan: "StagePlan", feature_paths: list[str], steps: int,
+              first_inputs: torch.Tensor) -> None:
+        """Get ready before the stage's first step (``first_inputs``: the first training batch)."""
+
+    def first_step(self) -> StepTeacher:
+        """The outputs for the first training batch (before augmentation), which sets up the
+        loss terms and the memory plan."""
+        return self.step(1, 0, None)
+
+    def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release hooks and memory at the end of the stage."""
+
+
+class NoTeacher(TeacherSource):
+    teaches = False
+
+    def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:
+        return lambda inputs, rows: (None, {})
+
+
+class InlineTeacher(TeacherSource):
+    """A frozen model run on every batch."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.runner: TeacherRunner | None = None
+
+    def start(self, ctx, plan, feature_paths, steps, first_inputs) -> None:
+        self.runner = teacher_runner(ctx, plan.train, self.model, feature_paths, first_inputs)
+
+    def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:
+        return lambda inputs, rows: self.runner(inputs)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+
+
+class CachedTeacher(TeacherSource):
+    """Outputs read from the teacher-output cache; the teacher itself (``load()``) is only loaded
+    when the cache is missing epochs."""
+
+    def __init__(self, weights_file: Path, load: Callable[[], nn.Module]):
+        #: Part of the cache key: another teacher is another cache.
+        self.weights_file = Path(weights_file)
+        self.load = load
+        self.cache = None
+
+    def start(self, ctx, plan, feature_paths, steps, first_inputs) -> None:
+        self.ctx, self.feature_paths = ctx, feature_paths
+        rng = rng_state()  # building the cache (a teacher's init, ...) must not move the stage's generators
+        self.cache = open_teacher_cache(ctx, plan, self, feature_paths, steps,
+                                        default_cache_root(ctx.recipe, ctx.folder.path.parent))
+        set_rng_state(rng)
+
+    def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:
+        outputs = self.cache.lookup(epoch, step, process, self.feature_paths, self.ctx.device)
+        return lambda inputs, rows: slice_tensors(outputs, rows)

@@ -1,0 +1,1 @@
+"""Tools around a recipe or a run: validate (dry run), layers, export."""

@@ -1,0 +1,1 @@
+"""Training: the stages of one run, the epoch loop, the step, evaluation, optimisers, memory budget."""

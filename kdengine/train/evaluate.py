@@ -1,0 +1,61 @@
+"""Scoring a model with the recipe's metrics on one split."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdengine.plugins.catalog import get_catalog
+from kdengine.plugins.components import DataInfo
+from kdengine.recipe import ComponentSpec, Recipe
+from kdengine.train.tensors import as_float, prepare_inputs
+
+if TYPE_CHECKING:
+    from kdengine.train.context import RunContext
+
+
+def build_metrics(recipe: Recipe, info: DataInfo) -> list[tuple[ComponentSpec, Any]]:
+    catalog = get_catalog()
+    out = []
+    for spec in recipe.metric:
+        component = catalog.get("metric", spec.name)(spec.params)
+        metric = component.build(info)
+        # Outputs are gathered across processes before update, so every process already holds
+        # the whole evaluation split: a second sync inside torchmetrics would double-count.
+        metric.sync_on_compute = False
+        out.append((spec, metric))
+    return out
+
+
+def evaluate(ctx: "RunContext", model: nn.Module, loader: DataLoader, channels_last: bool) -> dict[str, float]:
+    model.eval()
+    for _, metric in ctx.metric_objects:
+        metric.reset()
+    # Only the model runs under autocast: a dataset that builds its inputs in the main process
+    # (e.g. degrading an HR image with a convolution) must not get reduced-precision tensors.
+    with torch.inference_mode():
+        for inputs, targets in loader:
+            inputs = prepare_inputs(inputs, channels_last)
+            with ctx.accelerator.autocast():
+                outputs = ctx.provider.predict(model, inputs)
+            outputs, targets = ctx.accelerator.gather_for_metrics((outputs, targets))
+            outputs = as_float(outputs)
+            for _, metric in ctx.metric_objects:
+                metric.update(outputs, targets)
+    values: dict[str, float] = {}
+    for spec, metric in ctx.metric_objects:
+        result = metric.compute()
+        if isinstance(result, dict):
+            values.update({k: float(v) for k, v in result.items()})
+        else:
+            values[spec.name] = float(result)
+    return values
+
+
+def is_better(value: float, best: float | None, higher: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if higher else value < best

@@ -1,0 +1,100 @@
+"""The student's training objective: its loss terms, their weights, and the feature taps they ask for.
+
+:func:`set_up_objective` is the one place a teacher/student pair is put together with its loss
+terms: the run, ``kdengine validate`` and the contract checks in ``kdengine.testing`` all use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kdengine.errors import KDEngineError
+from kdengine.plugins.catalog import get_catalog
+from kdengine.plugins.components import LossContext, LossTerm
+from kdengine.plugins.features import FeatureTaps
+from kdengine.recipe import LossSpec, Recipe
+
+#: ``teach(inputs) -> (teacher output, {path: teacher feature})``; ``(None, {})`` without a teacher.
+Teach = Callable[[torch.Tensor], tuple[Any, dict[str, torch.Tensor]]]
+
+
+def build_loss_terms(recipe: Recipe, with_teacher: bool) -> tuple[list[LossSpec], list[LossTerm], list[float]]:
+    """The loss terms of a stage and their weights.
+
+    Stages without a teacher keep only the terms that do not need one, with their weights
+    renormalised to sum to 1 (for ``0.9 * KD + 0.1 * CE`` the baseline trains on ``1.0 * CE``).
+    """
+    catalog = get_catalog()
+    specs, terms = [], []
+    for spec in recipe.loss:
+        cls = catalog.get("loss", spec.name)
+        if cls.needs_teacher and not with_teacher:
+            continue
+        specs.append(spec)
+        terms.append(cls(spec.params))
+    weights = [spec.weight for spec in specs]
+    if not with_teacher:
+        total = sum(weights)
+        if total <= 0:
+            raise KDEngineError(
+                f"{recipe.source}: loss: the terms that do not need the teacher have zero total weight"
+            )
+        weights = [w / total for w in weights]
+    return specs, terms, weights
+
+
+def tap_paths(terms: list[LossTerm]) -> tuple[list[str], list[str]]:
+    """The student's and the teacher's module paths that the terms tap, each once, in order."""
+    student = list(dict.fromkeys(p for t in terms for p in t.student_taps()))
+    teacher = list(dict.fromkeys(p for t in terms for p in t.teacher_taps()))
+    return student, teacher
+
+
+class StudentObjective(nn.Module):
+    """The student and its loss terms as one module, so DDP sees every trainable parameter
+    (including the adapters a feature loss owns) inside a single forward pass."""
+
+    def __init__(self, student: nn.Module, terms: list[LossTerm], student_paths: list[str]):
+        super().__init__()
+        self.student = student
+        self.terms = nn.ModuleList(terms)
+        self.taps = FeatureTaps(student, student_paths, role="student") if student_paths else None
+
+    def context(self, inputs, targets, teacher_out, teacher_features) -> LossContext:
+        output = self.student(inputs)
+        return LossContext(
+            inputs=inputs,
+            targets=targets,
+            student=output,
+            teacher=teacher_out,
+            student_features=dict(self.taps.features) if self.taps else {},
+            teacher_features=teacher_features,
+        )
+
+    def forward(self, inputs, targets, teacher_out=None, teacher_features=None):
+        ctx = self.context(inputs, targets, teacher_out, teacher_features or {})
+        return ctx.student, [term(ctx) for term in self.terms]
+
+    def close(self) -> None:
+        if self.taps is not None:
+            self.taps.close()
+
+
+def set_up_objective(student: nn.Module, terms: list[LossTerm], inputs: torch.Tensor, targets: Any,
+                     teach: Teach, device: torch.device | None = None) -> StudentObjective:
+    """The objective of a pair on ``device``, with the student's taps open and every term's
+    ``setup`` called on one real batch (terms that own adapters size them here, before the
+    optimizer exists; the adapters are then moved to ``device`` too)."""
+    student_paths, _ = tap_paths(terms)
+    objective = StudentObjective(student, terms, student_paths)
+    if device is not None:
+        objective.to(device)
+    with torch.no_grad():
+        teacher_out, teacher_features = teach(inputs)
+        probe = objective.context(inputs, targets, teacher_out, teacher_features)
+        for term in terms:
+            term.setup(probe)
+    return objective.to(device) if device is not None else objective

@@ -1,0 +1,192 @@
+"""One run of a recipe with one seed: every stage in order, in one run folder::
+
+    runs/<name>-<timestamp>/
+        recipe.json          the resolved recipe
+        environment.json     package versions, device, data and weight hashes
+        metrics.jsonl        one line per stage and epoch: every loss term, metric and the lr
+        tracking/            experiment trackers' files (train.log_with: TensorBoard, MLflow, ...)
+        checkpoints/<stage>/{best,last}.safetensors
+        results.json, results.md, curves.png, samples.png (when the task draws one)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from accelerate.utils import set_seed
+from torch import nn
+
+from kdengine.errors import CheckpointError, DataError, located
+from kdengine.io.rundir import RunFolder
+from kdengine.io.state import TrainingState
+from kdengine.plugins.catalog import get_catalog
+from kdengine.plugins.components import DataInfo, ModelFactory
+from kdengine.recipe import Recipe, monitored_metric
+from kdengine.recipe.stages import StagePlan, plan_stages
+from kdengine.reporting.report import finish_run_report
+from kdengine.reporting.results import SKIPPED_LISTED, Results, StageResult
+from kdengine.reporting.tracking import RunTracking
+from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
+from kdengine.train.accelerator import make_accelerator
+from kdengine.train.context import RunContext, open_dataset, warn_skipped
+from kdengine.train.evaluate import build_metrics, evaluate
+from kdengine.train.models import count_parameters, describe, ready_to_teach
+from kdengine.train.stage import train_stage
+
+
+def load_teacher_checkpoint(recipe: Recipe, factory: ModelFactory, info: DataInfo) -> nn.Module | None:
+    """The teacher from ``teacher.checkpoint``, or None when the recipe trains it."""
+    if recipe.teacher.checkpoint is None:
+        return None
+    path = Path(recipe.teacher.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
+    with located(recipe.source, "teacher.checkpoint"):
+        return factory.load(path, info)
+
+
+class StageWeights:
+    """The weights of every finished stage (and of a teacher given as a checkpoint): which file
+    holds them, the model loaded from it, and the teacher source they make for a later stage.
+
+    Models are kept in memory once loaded, unless the teacher-output cache is on: then students
+    train without their teacher in memory, and each model is loaded only when needed.
+    """
+
+    def __init__(self, ctx: RunContext, factories: dict[str, ModelFactory], given_teacher: nn.Module | None):
+        self.ctx, self.factories = ctx, factories
+        self.checkpoint = Path(ctx.recipe.teacher.checkpoint) if given_teacher is not None else None
+        self.keep = not ctx.recipe.teacher.cache
+        self.trains = {plan.name: plan.train for plan in plan_stages(ctx.recipe)}
+        self.loaded: dict[str, nn.Module] = {}
+        if given_teacher is not None and self.keep:
+            self.loaded["teacher"] = self._ready(given_teacher, "teacher")
+
+    def _ready(self, model: nn.Module, stage: str) -> nn.Module:
+        return ready_to_teach(model, self.ctx.accelerator, self.trains[stage].channels_last)
+
+    def file(self, stage: str, which: str) -> Path:
+        if stage == "teacher" and self.checkpoint is not None:
+            return self.checkpoint
+        return self.ctx.folder.path / self.ctx.folder.checkpoint_path(stage, which)
+
+    def model(self, stage: str, which: str = "best") -> nn.Module:
+        if which == "best" and stage in self.loaded:
+            return self.loaded[stage]
+        if stage == "teacher" and self.checkpoint is not None:
+            model = load_teacher_checkpoint(self.ctx.recipe, self.factories[stage], self.ctx.info)
+        else:
+            model = self.factories[stage].load(self.file(stage, which), self.ctx.info)
+        model = self._ready(model, stage)
+        if which == "best" and self.keep:
+            self.loaded[stage] = model
+        return model
+
+    def source_for(self, plan: StagePlan) -> TeacherSource:
+        """What teaches ``plan``: nothing, the teaching stage's weights inline, or their cache."""
+        if plan.teacher is None:
+            return NoTeacher()
+        which = "best" if plan.teacher == "teacher" and self.checkpoint is not None else plan.weights
+        if self.ctx.recipe.teacher.cache:
+            return CachedTeacher(self.file(plan.teacher, which), lambda: self.model(plan.teacher, which))
+        return InlineTeacher(self.model(plan.teacher, which))
+
+    def all_best(self, plans: list[StagePlan]) -> dict[str, nn.Module]:
+        return {plan.name: self.model(plan.name) for plan in plans}
+
+
+def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module) -> StageResult:
+    """A teacher given as a checkpoint is evaluated, not trained."""
+    eval_loader = ctx.accelerator.prepare_data_loader(ctx.loaders(plan.train)[1])
+    metrics = evaluate(ctx, teacher, eval_loader, plan.train.channels_last)
+    return StageResult(stage="teacher", model=describe(plan.spec), params=count_parameters(teacher), trained=False,
+                       best=metrics, last=metrics, checkpoint=str(plan.spec.checkpoint), generation=plan.generation)
+
+
+def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Path | None = None,
+            folder_name: str | None = None, resume_dir: Path | None = None) -> Results:
+    """Run every stage of a recipe with one seed and return its results (also written to the run
+    folder). With ``resume_dir``, finished stages are reused and an interrupted one continues from
+    its last finished epoch."""
+    started = time.perf_counter()
+    recipe = with_seed(recipe, seed)  # the run folder's recipe records the seed actually used
+    accelerator = make_accelerator(recipe.train.mixed_precision, recipe.train.log_with)
+    catalog = get_catalog()
+    set_seed(seed)
+
+    provider, info = open_dataset(recipe)
+    plans = plan_stages(recipe)
+    factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
+    given_teacher = load_teacher_checkpoint(recipe, factories["teacher"], info)
+    with located(recipe.source, "data"):
+        train_set, eval_set = provider.train_set(), provider.eval_set()
+        skipped = provider.skipped_samples()
+        for split, data in (("train", train_set), ("eval", eval_set)):
+            if len(data) == 0:
+                note = f" ({len(skipped)} bad samples were skipped)" if skipped else ""
+                raise DataError(f"the {split} split of '{recipe.data.name}' is empty{note}")
+    if skipped and accelerator.is_main_process:
+        warn_skipped(recipe, skipped)
+    # Every architecture is built once before the run folder exists: a bad model parameter stops
+    # the run now, not after hours of teacher training.
+    distinct = {describe(p.spec): p for p in plans if p.name != "teacher" or given_teacher is None}
+    for plan in distinct.values():
+        with located(recipe.source, plan.where):
+            factories[plan.name].build(info)
+
+    finished: dict[str, StageResult] = {}
+    if resume_dir is not None:
+        folder = RunFolder.reopen(Path(resume_dir), accelerator, provider=provider)
+        if (folder.path / "results.json").is_file():
+            previous = Results.load(folder.path / "results.json")
+            finished = {s.stage: s for s in previous.stages}
+            started -= previous.seconds
+    else:
+        folder = RunFolder.create(recipe, accelerator, output_dir, folder_name, provider=provider)
+    monitor, higher_is_better = monitored_metric(recipe)
+    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, eval_set, folder, progress)
+    ctx.tracking = RunTracking.start(accelerator, recipe, folder, resumed=resume_dir is not None)
+    with located(recipe.source, "metric"):
+        ctx.metric_objects = [(s, m.to(accelerator.device)) for s, m in build_metrics(recipe, info)]
+
+    results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=seed,
+                      monitor=monitor, higher_is_better=higher_is_better,
+                      skipped_samples=len(skipped), skipped_files=skipped[:SKIPPED_LISTED])
+    weights = StageWeights(ctx, factories, given_teacher)
+    del given_teacher  # StageWeights holds it when it is kept in memory
+    for plan in plans:
+        if plan.name in finished:
+            result = finished[plan.name]
+        elif plan.name == "teacher" and weights.checkpoint is not None:
+            result = evaluate_given_teacher(ctx, plan, weights.model("teacher"))
+        else:
+            state = None
+            if resume_dir is not None:
+                state_file = folder.state_path(plan.name)
+                state = TrainingState.load(state_file) if state_file.is_file() else None
+                folder.forget_epochs_after(plan.name, state.epoch if state else 0)
+            result = train_stage(ctx, plan, factories[plan.name], weights.source_for(plan), resume=state)
+        if weights.keep:
+            weights.model(plan.name)
+        accelerator.free_memory()
+        results.stages.append(result)
+        if accelerator.is_main_process:
+            results.save(folder.path / "results.json")  # a crash later keeps the finished stages
+
+    results.seconds = time.perf_counter() - started
+    results.complete = True
+    if accelerator.is_main_process:
+        results.save(folder.path / "results.json")
+        finish_run_report(folder.path, results, provider, weights.all_best(plans))
+    ctx.tracking.finish()
+    accelerator.wait_for_everyone()
+    return results
+
+
+def with_seed(recipe: Recipe, seed: int) -> Recipe:
+    if recipe.run.seed == seed and recipe.run.seeds is None:
+        return recipe
+    updated = recipe.model_copy(update={"run": recipe.run.model_copy(update={"seed": seed, "seeds": None})})
+    updated._source = recipe.source
+    return updated

@@ -1,0 +1,150 @@
+"""One stage: train one model (the teacher, a scratch student or a distilled student) epoch by
+epoch, evaluate it after each epoch, keep its best and last weights, and return its record.
+
+The epoch loop reads like a plain PyTorch loop with Accelerate's verbs; what it does not show is
+one call away: the teacher's outputs (:mod:`kdengine.teacher.sources`), the step
+(:mod:`kdengine.train.step`), evaluation (:mod:`kdengine.train.evaluate`) and what is kept at the
+end of an epoch (:class:`EpochKeeper`).
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+
+from kdengine.errors import DataError, located
+from kdengine.io.state import TrainingState, rng_state, set_rng_state
+from kdengine.plugins.components import ModelFactory
+from kdengine.recipe import monitored_metric
+from kdengine.recipe.stages import StagePlan
+from kdengine.reporting.progress import StageProgress
+from kdengine.reporting.results import EpochRecord, StageResult
+from kdengine.teacher.replay import BatchAugmentStream
+from kdengine.teacher.sources import TeacherSource
+from kdengine.train.context import RunContext
+from kdengine.train.evaluate import evaluate, is_better
+from kdengine.train.memory import plan_memory
+from kdengine.train.models import count_parameters, describe
+from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths
+from kdengine.train.optim import Schedule, build_optimizer
+from kdengine.train.step import on_problem, train_step
+from kdengine.train.tensors import prepare_inputs, to_device
+
+
+class EpochKeeper:
+    """What is kept after each epoch: the record, the best epoch (by the monitored metric), the
+    best and last weights, the training state a resume starts from, and the trackers' line."""
+
+    def __init__(self, ctx: RunContext, plan: StagePlan, result: StageResult, best_value: float | None):
+        self.ctx, self.plan, self.result, self.best_value = ctx, plan, result, best_value
+        self.monitor, self.higher_is_better = monitored_metric(ctx.recipe, plan.train)
+        self.started = time.perf_counter() - result.seconds
+
+    def keep(self, record: EpochRecord, objective: nn.Module, optimizer, schedule: Schedule) -> None:
+        ctx, result, stage = self.ctx, self.result, self.plan.name
+        accelerator = ctx.accelerator
+        result.history.append(record)
+        result.last = record.metrics
+        if record.epoch in self.plan.train.report_epochs:
+            result.at_epochs[record.epoch] = record.metrics
+        improved = is_better(record.metrics[self.monitor], self.best_value, self.higher_is_better)
+        if improved:
+            self.best_value, result.best, result.best_epoch = record.metrics[self.monitor], record.metrics, record.epoch
+        ctx.folder.log_epoch(stage, record)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(objective)
+            ctx.folder.save_checkpoint(stage, unwrapped.student, best=improved)
+            result.seconds = time.perf_counter() - self.started
+            TrainingState(record.epoch, unwrapped.state_dict(), optimizer.state_dict(), schedule.state_dict(),
+                          rng_state(), self.best_value, result).save(ctx.folder.state_path(stage))
+            ctx.tracking.log_epoch(stage, record)  # after the state: a resume never logs it twice
+
+
+def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source: TeacherSource,
+                resume: TrainingState | None = None) -> StageResult:
+    """Train the stage's model, taught by ``source``, and return its record; its best and last
+    weights are in the run folder. ``resume`` continues from the training state written at the end
+    of the stage's last finished epoch."""
+    accelerator, train = ctx.accelerator, plan.train
+    set_seed(ctx.seed)  # a student starts from the same weights whether distilled or not
+    with located(ctx.recipe.source, plan.where):
+        model = factory.build(ctx.info)
+    n_params = count_parameters(model)
+    if train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    specs, terms, weights = build_loss_terms(ctx.recipe, with_teacher=source.teaches)
+    term_names = [s.name for s in specs]
+    train_loader, eval_loader = ctx.loaders(train)
+    if len(train_loader) == 0:
+        raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
+    steps = min(len(train_loader), train.max_steps_per_epoch or len(train_loader))
+    augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
+
+    inputs, targets = to_device(next(iter(train_loader)), ctx.device)
+    inputs = prepare_inputs(inputs, train.channels_last)
+    source.start(ctx, plan, tap_paths(terms)[1], steps, inputs)
+    first = source.first_step()
+    with accelerator.autocast():
+        objective = set_up_objective(model, terms, inputs, targets, lambda x: first(x, slice(0, len(x))),
+                                     device=ctx.device)
+    micro_batch = None
+    if train.max_memory is not None:
+        micro_batch = plan_memory(ctx, train, objective, weights, term_names, inputs, targets, first).micro_batch
+
+    optimizer = build_optimizer(objective.parameters(), train.optimizer)
+    monitor, higher_is_better = monitored_metric(ctx.recipe, train)
+    schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
+    result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
+                         generation=plan.generation, micro_batch=micro_batch)
+    best_value, first_epoch = None, 1
+    if resume is not None:
+        objective.load_state_dict(resume.objective)
+        optimizer.load_state_dict(resume.optimizer)
+        schedule.load_state_dict(resume.schedule)
+        set_rng_state(resume.rng)
+        result, best_value, first_epoch = resume.result, resume.best_value, resume.epoch + 1
+    objective, optimizer, train_loader, eval_loader = accelerator.prepare(objective, optimizer, train_loader,
+                                                                          eval_loader)
+    student = accelerator.unwrap_model(objective).student
+    keeper = EpochKeeper(ctx, plan, result, best_value)
+    checkpoints = ctx.folder.path / "checkpoints" / plan.name
+
+    with StageProgress(plan.name, train.epochs, steps, enabled=ctx.progress and accelerator.is_main_process,
+                       done=(first_epoch - 1) * steps) as bar:
+        for epoch in range(first_epoch, train.epochs + 1):
+            train_loader.set_epoch(epoch)
+            objective.train()
+            epoch_start = time.perf_counter()
+            sums = torch.zeros(len(terms) + 1, device=ctx.device)
+            seen = skipped = 0
+            for step, batch in enumerate(islice(train_loader, steps)):
+                inputs, targets = augment(*batch, epoch=epoch, step=step, process=accelerator.process_index)
+                inputs = prepare_inputs(inputs, train.channels_last)
+                teach = source.step(epoch, step, accelerator.process_index)
+                total, values, problem = train_step(accelerator, objective, optimizer, schedule, train, weights,
+                                                    term_names, inputs, targets, teach, micro_batch)
+                if problem is not None:
+                    on_problem(train, plan.name, problem, epoch, step, checkpoints)
+                    skipped += 1
+                    continue
+                sums += torch.stack([total] + values)
+                seen += 1
+                bar.advance(float(total))
+            means = (sums / max(seen, 1)).tolist()
+            metrics = evaluate(ctx, student, eval_loader, train.channels_last)
+            schedule.end_epoch(metrics[monitor])
+            record = EpochRecord(epoch=epoch, losses=dict(zip(["total"] + term_names, means)), metrics=metrics,
+                                 lr=schedule.lr, seconds=time.perf_counter() - epoch_start, skipped_batches=skipped)
+            keeper.keep(record, objective, optimizer, schedule)
+            bar.end_epoch(epoch, monitor, metrics[monitor])
+    accelerator.wait_for_everyone()
+    result.seconds = time.perf_counter() - keeper.started
+    result.checkpoint = ctx.folder.checkpoint_path(plan.name, "best")
+    source.close()
+    accelerator.unwrap_model(objective).close()
+    accelerator.free_memory()
+    return result
