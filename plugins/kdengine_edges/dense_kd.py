@@ -172,8 +172,10 @@ class ChannelWiseDistillation(LossTerm):
     features instead: a 1x1 convolution owned by the term, created in ``setup`` when the channel
     counts differ, maps the student's channels to the teacher's, and the student's map is pooled
     (or interpolated) to the teacher's grid. The adapter trains with the student and is dropped at
-    export. Padding from mixed-size batches is not masked (the edge datasets' training batches
-    have one size).
+    export. The edge plugin's U-Nets pad their input to a multiple of their encoder's stride, so
+    their decoder grids cover the same area when teacher and student pad alike (the same
+    ``encoder_depth``, or image sides that are multiples of 32). Padding from mixed-size batches
+    is not masked (the edge datasets' training batches have one size).
     """
 
     summary = "channel-wise distillation: spatial softmax per channel, T^2 KL (Shu et al. 2021)"
