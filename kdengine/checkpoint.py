@@ -1,24 +1,48 @@
-"""Atomic checkpoint writes and safe loads.
+"""Atomic checkpoint writes, safe loads, and the offline rules for downloaded weights.
 
 Weights are stored as safetensors. Every write goes to a temporary file in the same folder, is
 flushed and fsynced, then renamed over the target, so a kill during a write leaves the previous
 file intact. Anything read with ``torch.load`` uses ``weights_only=True``: a file carrying a
 pickled code payload is refused.
+
+Checkpoints from elsewhere load too: plain state dicts (``.pt``/``.pth``/``.bin``), bare or under
+a ``state_dict``/``model``/``model_state_dict`` key (EMA weights first when the file has them, as
+timm does), with the ``module.`` prefix of DataParallel/DDP or the ``_orig_mod.`` prefix of
+``torch.compile``; and safetensors from timm or the Hugging Face Hub.
+
+Pretrained weights that model factories download (Hugging Face Hub, ``torch.hub``) obey
+``HF_HUB_OFFLINE=1``: kdengine applies it to every download, not only the Hub's, so that an
+offline run stops at once with a :class:`WeightsUnavailableError` instead of waiting on network
+timeouts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdengine.errors import CheckpointError
+
+#: Keys under which training scripts nest the state dict, in order of preference (EMA weights
+#: first, as timm's loader does; ``params_ema``/``params`` are BasicSR's, used by SR releases).
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "params_ema", "state_dict", "model_state_dict",
+                   "model", "params")
+#: Prefixes that wrappers add to every key: DataParallel/DDP, then torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class WeightsUnavailableError(CheckpointError):
+    """Pretrained weights were asked for but are neither cached locally nor downloadable."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -74,35 +98,51 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            return strip_wrapper_prefixes(load_file(str(path)))
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         raise CheckpointError(
-            f"{path}: refused to load: the file holds pickled objects other than tensors "
-            "(it could run code). Convert it to safetensors from a trusted environment."
+            f"{path}: refused to load: the file holds pickled objects other than tensors"
+            + (f" ({found.group(1)})" if found else "")
+            + " (it could run code). Convert it to safetensors, or save only its state dict, "
+            "from a trusted environment."
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    for key in ("state_dict", "model", "params_ema", "params"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
+    if isinstance(obj, dict):
+        obj = next((obj[key] for key in STATE_DICT_KEYS if isinstance(obj.get(key), dict)), obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: does not hold a state dict of tensors")
-    return obj
+        keys = f" (its keys: {', '.join(map(str, list(obj)[:6]))})" if isinstance(obj, dict) else ""
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors{keys}; a wrapped state "
+                              f"dict is found under one of: {', '.join(STATE_DICT_KEYS)}")
+    return strip_wrapper_prefixes(obj)
+
+
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a prefix that every key carries because the model was wrapped when it was saved."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix):]: value for key, value in state.items()}
+                changed = True
+    return state
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Load weights into ``model``; a mismatch names the file and the first differing keys."""
+    """Load weights into ``model``; a mismatch names the file, the first missing and unexpected
+    keys, and the shapes that differ."""
     state = read_state_dict(path)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
         for k in own
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
@@ -118,3 +158,58 @@ def load_weights(model: nn.Module, path: Path) -> None:
             f"{path}: checkpoint does not match the architecture: " + ", ".join(parts)
         )
     model.load_state_dict(state)
+
+
+# ------------------------------------------------------------------ downloaded pretrained weights
+
+
+def downloads_forbidden() -> bool:
+    """True under ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``), read now and as the Hub reads it."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@contextlib.contextmanager
+def hub_offline_from_env() -> Iterator[None]:
+    """Honour ``HF_HUB_OFFLINE`` set after huggingface_hub was imported.
+
+    huggingface_hub reads the variable once, at import; without this, a process that sets it
+    later (a test, a notebook) still makes network calls and waits through their retries.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm and smp depend on it
+        yield
+        return
+    before = constants.HF_HUB_OFFLINE
+    if downloads_forbidden():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def hub_cache_dir() -> str:
+    """Where the Hugging Face Hub caches downloads (``HF_HUB_CACHE``, by default ``$HF_HOME/hub``)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover
+        return "$HF_HOME/hub"
+    return str(constants.HF_HUB_CACHE)
+
+
+def torch_hub_cached_file(url: str) -> Path:
+    """The file ``torch.hub.load_state_dict_from_url(url)`` reads when it has been downloaded before
+    (under ``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def download_errors() -> tuple[type[BaseException], ...]:
+    """What a failed or forbidden download raises: OSError covers urllib, missing cache files and
+    the Hub's HTTP and offline errors; the Hub's EntryNotFoundError is not an OSError."""
+    try:
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:  # pragma: no cover
+        return (OSError,)
+    return (OSError, EntryNotFoundError)
