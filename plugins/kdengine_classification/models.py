@@ -79,7 +79,7 @@ def _suggest(name: str, names: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-#: What to do instead when timm cannot have its pretrained weights.
+#: What a user can do instead when pretrained weights cannot be had.
 CACHE_INSTEAD = ("Fill the cache once with network access (or point HF_HOME at a cache that holds "
                  "them)")
 TEACHER_INSTEAD = "or, for a teacher, load trained weights with teacher.checkpoint."
@@ -243,7 +243,7 @@ class TorchvisionModel(ModelFactory):
         else:
             weights = _torchvision_weights(p.model, weights_name)
             model = _pretrained_torchvision(p.model, weights, kwargs)
-            if len(weights.meta["categories"]) != num_classes:
+            if len(weights.meta.get("categories") or ()) != num_classes:
                 fresh = self._get_model(p.model, num_classes=num_classes, **kwargs)
                 replace_head(model, fresh)
         set_input_channels(model, info.in_channels)
