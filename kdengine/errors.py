@@ -38,6 +38,10 @@ class CheckpointError(KDEngineError):
     """A checkpoint is missing, unsafe, or does not match the architecture."""
 
 
+class WeightsUnavailableError(CheckpointError):
+    """Pretrained weights were asked for but are neither cached locally nor downloadable."""
+
+
 class TrainingError(KDEngineError):
     """Training cannot go on (for example a non-finite loss)."""
 

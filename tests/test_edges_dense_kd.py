@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 import kdengine
 from kdengine import DataInfo, KDEngineError, LossContext, testing
-from kdengine.catalog import get_catalog
+from kdengine.plugins.catalog import get_catalog
 from kdengine.cli import main
 from kdengine_edges.dense_kd import ChannelWiseDistillation, PixelKL, SoftBCE
 from kdengine_edges.models import UNet

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from kdengine import KDEngineError, LossContext, LossTerm, Params
-from kdengine.features import as_feature_map, make_adapter
+from kdengine import as_feature_map, make_adapter
 
 from kdengine_edges.transforms import split_targets
 

@@ -2,44 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from kdengine import DataInfo, KDEngineError, ModelFactory, Params
+from kdengine import DataInfo, KDEngineError, ModelFactory, Params, WeightsUnavailableError, load_weights
+from kdengine.io.hub import (download_errors, downloads_forbidden, hub_cache_dir, hub_offline_from_env,
+                             torch_hub_cached_file)
 
 
-class EncoderWeightsError(KDEngineError):
+class EncoderWeightsError(WeightsUnavailableError):
     """Pretrained encoder weights were requested but could not be had."""
 
 
-def _env_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+def _weights_source(encoder: str, weights: str) -> tuple[str, Path | None]:
+    """Where smp reads an encoder's pretrained weights from (for the message), and the file that
+    ``torch.hub`` would read when it is the downloader.
 
-
-@contextlib.contextmanager
-def _hub_offline_from_env() -> Iterator[None]:
-    """Honour HF_HUB_OFFLINE set after huggingface_hub was imported.
-
-    huggingface_hub reads the variable once, at import; without this, a process that sets it
-    later (a test, a notebook) still makes network calls and waits through their retries.
+    smp >= 0.5 downloads them from the Hugging Face Hub (``smp-hub/<encoder>.<weights>``) into its
+    cache; older releases used ``torch.hub`` (``$TORCH_HOME/hub/checkpoints``); ``tu-`` encoders
+    are timm models and come through timm, from the Hub.
     """
+    hub = f"the Hugging Face cache ({hub_cache_dir()})"
     try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - smp depends on it
-        yield
-        return
-    before = constants.HF_HUB_OFFLINE
-    if _env_offline():
-        constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
+        from segmentation_models_pytorch.encoders import encoders
+
+        settings = encoders[encoder]["pretrained_settings"][weights]
+    except (ImportError, KeyError, TypeError):
+        return hub, None
+    if "repo_id" in settings:
+        return f"the Hugging Face cache ({hub_cache_dir()}, Hub repo {settings['repo_id']})", None
+    if "url" in settings:
+        cached = torch_hub_cached_file(settings["url"])
+        return f"the torch.hub cache ({cached}; TORCH_HOME sets the folder)", cached
+    return hub, None
 
 
 def _unet_class():
@@ -73,15 +72,24 @@ class UNet(ModelFactory):
         encoder: str = Field("resnet34", description="smp encoder name, e.g. resnet34, mobilenet_v2")
         encoder_weights: Optional[str] = Field(
             None,
-            description="None: random init (offline default); 'imagenet': pretrained, fetched "
-            "from the Hugging Face Hub or read from its local cache",
+            description="'imagenet': pretrained, fetched from the Hugging Face Hub or read from "
+            "its local cache; absent or 'none': random init",
         )
         encoder_depth: int = Field(5, ge=3, le=5)
         decoder_channels: Optional[tuple[int, ...]] = Field(
             None, description="one width per decoder block (as many as encoder_depth)"
         )
 
+        @field_validator("encoder_weights")
+        @classmethod
+        def _none_spelled_out(cls, value: Optional[str]) -> Optional[str]:
+            # TOML has no null: "none" lets --set turn a recipe's pretrained encoder off.
+            return None if value is not None and value.lower() == "none" else value
+
     def build(self, info: DataInfo) -> torch.nn.Module:
+        return self._build(info, pretrained=True)
+
+    def _build(self, info: DataInfo, pretrained: bool) -> torch.nn.Module:
         p = self.params
         kwargs = {}
         if p.decoder_channels is not None:
@@ -99,21 +107,37 @@ class UNet(ModelFactory):
             classes=info.num_classes or 1,
             **kwargs,
         )
-        if p.encoder_weights is None:
+        if p.encoder_weights is None or not pretrained:
             return self._construct(cls, common, None)
-        with _hub_offline_from_env():
+        source, torch_hub_file = _weights_source(p.encoder, p.encoder_weights)
+        if downloads_forbidden() and torch_hub_file is not None and not torch_hub_file.is_file():
+            # torch.hub has no offline mode: it would wait on the network
+            raise EncoderWeightsError(self._unavailable(source, "not cached and HF_HUB_OFFLINE=1 "
+                                                                "forbids downloading them"))
+        with hub_offline_from_env():
             try:
                 return self._construct(cls, common, p.encoder_weights)
-            except KDEngineError:
-                raise
-            except Exception as exc:  # hub / network / cache errors have many types
-                raise EncoderWeightsError(
-                    f"unet: could not fetch the '{p.encoder_weights}' weights of encoder "
-                    f"'{p.encoder}' ({type(exc).__name__}). They come from the Hugging Face Hub: "
-                    "run once with network access to fill the local cache (HF_HOME, by default "
-                    "~/.cache/huggingface), or copy that cache from a machine that has it, or remove "
-                    "encoder_weights from the recipe to train from random initialisation. Set HF_HUB_OFFLINE=1 to fail fast without network."
-                ) from exc
+            except download_errors() as exc:  # hub / network / missing cache entry
+                reason = ("not cached and HF_HUB_OFFLINE=1 forbids downloading them"
+                          if downloads_forbidden() else f"download failed: {type(exc).__name__}")
+                raise EncoderWeightsError(self._unavailable(source, reason)) from exc
+
+    def _unavailable(self, source: str, reason: str) -> str:
+        p = self.params
+        return (
+            f"unet: could not fetch the '{p.encoder_weights}' weights of encoder '{p.encoder}' "
+            f"({reason}); they are read from {source}. Run once with network access to fill "
+            "that cache (HF_HOME sets where the Hugging Face one lives), or copy it from a machine "
+            "that has it, or start from random weights (remove encoder_weights from the recipe, or "
+            "--set <role>.params.encoder_weights=none), or, for a teacher, load trained weights "
+            "with teacher.checkpoint."
+        )
+
+    def load(self, path: Path, info: DataInfo) -> torch.nn.Module:
+        """Trained weights replace the pretrained encoder's, so those are not fetched."""
+        model = self._build(info, pretrained=False)
+        load_weights(model, path)
+        return model
 
     @staticmethod
     def _construct(cls, common: dict, weights: Optional[str]) -> torch.nn.Module:
