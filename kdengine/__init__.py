@@ -28,11 +28,13 @@ from kdengine.errors import (
     CheckpointError,
     DataError,
     KDEngineError,
+    MissingSplitError,
     PluginError,
     RecipeError,
     TrainingError,
 )
 from kdengine.hookspecs import hookimpl
+from kdengine.splits import fraction_count, holdout
 
 if TYPE_CHECKING:
     from kdengine.engine import Results
@@ -47,13 +49,16 @@ __all__ = [
     "LossContext",
     "LossTerm",
     "Metric",
+    "MissingSplitError",
     "ModelFactory",
     "Params",
     "PluginError",
     "RecipeError",
     "TrainingError",
     "cache_teacher",
+    "fraction_count",
     "hookimpl",
+    "holdout",
     "load_recipe",
     "run",
 ]

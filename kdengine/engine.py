@@ -665,7 +665,7 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     loaded_teacher = load_teacher_checkpoint(recipe, teacher_factory, info)
 
     with located(recipe.source, "data"):
-        train_set, eval_set = provider.train_set(), provider.eval_set()
+        train_set, eval_set = provider.train_set(), provider.test_set()
         skipped = provider.skipped_samples()
         for split, data in (("train", train_set), ("eval", eval_set)):
             if len(data) == 0:
@@ -783,7 +783,7 @@ def cache_teacher(recipe: Recipe | str | Path | dict, *, overrides: list[str] | 
     factory = get_catalog().get("teacher", recipe.teacher.name)(recipe.teacher.params)
     load_teacher_checkpoint(recipe, factory, info)  # a bad file stops here, before any work
     with located(recipe.source, "data"):
-        train_set, eval_set = provider.train_set(), provider.eval_set()
+        train_set, eval_set = provider.train_set(), provider.test_set()
     ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, eval_set, None, progress)
     root = default_cache_root(recipe, Path(output_dir) if output_dir is not None else Path(recipe.run.output_dir))
     teacher_train = recipe.teacher_train()
