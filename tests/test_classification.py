@@ -136,7 +136,7 @@ def test_digits_train_val_test_are_disjoint_sized_and_deterministic():
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= int(y) < 10
 
 
-def test_digits_val_leaves_a_given_test_split_unchanged():
+def test_digits_test_images_do_not_depend_on_val_size():
     # val is drawn from the far end of the shuffled images, so a test_size keeps its images
     small = Digits({"image_size": 8, "train_size": 100, "val_size": 10, "test_size": 200}).test_set()
     large = Digits({"image_size": 8, "train_size": 100, "val_size": 300, "test_size": 200}).test_set()

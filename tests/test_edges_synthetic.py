@@ -84,8 +84,8 @@ def test_val_has_its_own_stream_disjoint_from_train_and_test():
     assert not torch.equal(other[0][0], images["val"][0])
 
 
-def test_test_images_are_the_evaluation_images_of_before_val_existed():
-    # stream 1, the old evaluation split's, so results measured on it stay comparable
+def test_test_images_come_from_stream_1():
+    # the stream recipes/edge.toml's measured results are on
     data = SyntheticEdges({"size": 32, "train_size": 1, "test_size": 2, "seed": 3})
     image, _ = render(3, "test", 1, 32, (3, 7), 0.05, 0.3, 3)
     from kdengine_edges import synthetic

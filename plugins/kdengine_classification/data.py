@@ -115,8 +115,8 @@ class Digits(_Classification):
         labels = torch.from_numpy(digits.target).long()
         p = self.params
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(p.split_seed))
-        # val comes from the far end, so a given test_size keeps the test images it had before
-        # there was a val split
+        # val comes from the far end of the shuffled order, so the test images of a given
+        # test_size do not depend on val_size
         train, val = order[: p.train_size], order[len(order) - p.val_size:]
         test = order[p.train_size: len(order) - p.val_size][: p.test_size]
         return tuple(InMemoryImages(images[i], labels[i], self.mean, self.std, i) for i in (train, val, test))
