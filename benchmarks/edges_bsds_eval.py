@@ -3,10 +3,10 @@
 Train with ``recipes/edge-bsds500.toml`` while monitoring on a few *val* images (so that nothing
 is chosen on test), then score each stage's weights once on test::
 
-    kdengine run recipes/edge-bsds500.toml --output-dir /tmp/edge_bsds \\
+    kdengine run recipes/edge-bsds500.toml --output-dir runs/edge_bsds \\
         --set data.params.root=../shared/data/BSDS500 \\
-        --set 'data.params.eval_splits=["val"]' --set data.params.eval_limit=16 ...
-    python benchmarks/edges_bsds_eval.py /tmp/edge_bsds/edge-bsds500-<stamp> \\
+        --set data.params.val_limit=16 --set data.params.val_scale=0.5 ...
+    python benchmarks/edges_bsds_eval.py runs/edge_bsds/edge-bsds500-<stamp> \\
         --root ../shared/data/BSDS500 --eval-scale 0.4 --thresholds 25
 
 ``--which last`` (default) scores the final epoch's weights: the best epoch was chosen on the
@@ -54,10 +54,12 @@ def stage_models(run_dir: Path):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, thresholds: int) -> dict[str, float]:
+def evaluate(model, loader, thresholds: int, data: BSDS500) -> dict[str, float]:
+    """Each image in its own orientation: batches mixing portrait and landscape come as lists."""
     dice, boundary = DiceScore(), BoundaryF(thresholds)
     for inputs, targets in loader:
-        logits = model(inputs).float()
+        logits = data.predict(model, inputs)
+        logits = [x.float() for x in logits] if isinstance(logits, list) else logits.float()
         dice.update(logits, targets)
         boundary.update(logits, targets)
     out = {k: float(v) for k, v in boundary.compute().items()}
@@ -123,9 +125,9 @@ def speed(args) -> None:
     if not args.root.is_dir():
         print(f"{args.root}: not found, no BSDS500 batch timed")
         return
-    data = BSDS500({"root": args.root, "train_splits": ["train"], "eval_splits": ["test"],
-                    "eval_scale": args.eval_scale, "eval_limit": args.limit or 50})
-    loader = DataLoader(data.eval_set(), batch_size=4, collate_fn=collate_edges)
+    data = BSDS500({"root": args.root, "test_scale": args.eval_scale, "test_limit": args.limit or 50})
+    # one image per batch: portrait and landscape images keep their own shapes
+    loader = DataLoader(data.test_set(), batch_size=1, collate_fn=collate_edges)
     batches = [targets for _, targets in loader]
     images = sum(len(t["annotators"]) for t in batches)
     for kind in ("untrained", "weak"):
@@ -168,9 +170,9 @@ def main() -> None:
     if args.run_dir is None:
         parser.error("give the run folder (or --speed)")
 
-    data = BSDS500({"root": args.root, "train_splits": ["train"], "eval_splits": ["test"],
-                    "eval_scale": args.eval_scale, "eval_limit": args.limit, "target": args.target})
-    loader = DataLoader(data.eval_set(), batch_size=4, collate_fn=collate_edges)
+    data = BSDS500({"root": args.root, "test_scale": args.eval_scale, "test_limit": args.limit,
+                    "target": args.target})
+    loader = DataLoader(data.test_set(), batch_size=4, collate_fn=collate_edges)
     catalog = get_catalog()
     rows = {}
     wanted = set(args.stages.split(","))
@@ -181,10 +183,10 @@ def main() -> None:
         load_weights(model, args.run_dir / "checkpoints" / stage / f"{args.which}.safetensors")
         model.eval()
         started = time.perf_counter()
-        rows[stage] = evaluate(model, loader, args.thresholds)
+        rows[stage] = evaluate(model, loader, args.thresholds, data)
         rows[stage]["eval_seconds"] = time.perf_counter() - started
         print(stage, json.dumps({k: round(v, 4) for k, v in rows[stage].items()}), flush=True)
-    print(f"\nBSDS500 test ({len(data.eval_set())} images, scale {args.eval_scale}, "
+    print(f"\nBSDS500 test ({len(data.test_set())} images, scale {args.eval_scale}, "
           f"{args.thresholds} thresholds, {args.which} weights)")
     print("| stage | ODS | OIS | Dice |\n|---|---|---|---|")
     for stage, r in rows.items():

@@ -29,7 +29,7 @@ def recipe(images: int, budget: str | None) -> dict:
         train["max_memory"] = budget
     return {
         "run": {"name": "bench-memory", "seed": 0},
-        "data": {"name": "digits", "params": {"image_size": 32, "train_size": images, "eval_size": 64}},
+        "data": {"name": "digits", "params": {"image_size": 32, "train_size": images, "val_size": 64, "test_size": 64}},
         "teacher": {"name": "torchvision", "params": {"model": "resnet18", "cifar_stem": True},
                     "train": {"epochs": 1, "max_steps_per_epoch": 1, "max_memory": None}},
         "student": {"name": "torchvision", "params": {"model": "mobilenet_v2", "cifar_stem": True}},

@@ -29,7 +29,7 @@ from _stagemeter import machine, measure_stages, read_stages  # noqa: E402
 def recipe(images: int, channels_last: bool) -> dict:
     return {
         "run": {"name": "bench-scaling", "seed": 0},
-        "data": {"name": "digits", "params": {"image_size": 32, "train_size": images, "eval_size": 64,
+        "data": {"name": "digits", "params": {"image_size": 32, "train_size": images, "val_size": 64, "test_size": 64,
                                               "augment": {"crop_padding": 4, "flip": True}}},
         "teacher": {"name": "torchvision", "params": {"model": "resnet18", "cifar_stem": True},
                     "train": {"epochs": 1, "max_steps_per_epoch": 1}},

@@ -1,8 +1,8 @@
 """Set5 x4 PSNR-Y of bicubic, a SwinIR teacher, and the attention student without and with KD.
 
 Takes the teacher, student, losses and optimiser of recipes/sr.toml (or --recipe), trains on BSDS500
-train images (bicubic x4 degradation, as Set5's LR_bicubic/X4 is made) with a reduced budget and
-evaluates on Set5 with PSNR/SSIM on Y, 4 px shaved::
+train images (bicubic x4 degradation, as Set5's LR_bicubic/X4 is made) with a reduced budget,
+validates on the McMaster images and tests on Set5 with PSNR/SSIM on Y, 4 px shaved::
 
     python benchmarks/superres_set5.py --data-root ../shared/data [--set train.epochs=4 ...]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import kdengine
-from kdengine_superres.data import SRPaired
+from kdengine_superres.data import paired_set
 from kdengine_superres.metrics import PSNRY, SSIMY
 
 
@@ -39,7 +39,8 @@ def recipe(data_root: Path, base: Path = DEFAULT_RECIPE) -> dict:
     spec["run"] = {**spec.get("run", {}), "name": "sr-set5", "seed": 0}
     spec["data"] = {"name": "sr_folder", "params": {
         "root": str(data_root / "BSDS500" / "images" / "train"),
-        "eval_root": str(data_root / "Set5"),
+        "val_root": str(data_root / "McMaster"),
+        "test_root": str(data_root / "Set5"),
         # Set5's LR_bicubic/X4 is plain bicubic, so train on plain bicubic too
         "scale": 4, "patch": 160, "degradation": "bicubic", "patches_per_image": 2,
     }}
@@ -50,10 +51,10 @@ def recipe(data_root: Path, base: Path = DEFAULT_RECIPE) -> dict:
 
 
 def bicubic_scores(data_root: Path) -> tuple[float, float]:
-    provider = SRPaired({"root": str(data_root / "Set5"), "scale": 4})
-    psnr, ssim = PSNRY({"scale": 4}).build(provider.info()), SSIMY({"scale": 4}).build(provider.info())
+    info = kdengine.DataInfo(task="superres", scale=4)
+    psnr, ssim = PSNRY({"scale": 4}).build(info), SSIMY({"scale": 4}).build(info)
     upsample = torch.nn.Upsample(scale_factor=4, mode="bicubic", align_corners=False)
-    for lr, hr in provider.eval_set():
+    for lr, hr in paired_set(data_root / "Set5", 4):
         out = upsample(lr[None])
         psnr.update(out, hr[None])
         ssim.update(out, hr[None])

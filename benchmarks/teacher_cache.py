@@ -40,7 +40,7 @@ def recipe(images: int, epochs: int, precision: str, checkpoint: str, cache: boo
            cache_dir: str, channels_last: bool, teacher_precision: str) -> dict:
     return {
         "run": {"name": "bench-cache", "seed": 0},
-        "data": {"name": "digits", "params": {"image_size": 32, "train_size": images, "eval_size": 64,
+        "data": {"name": "digits", "params": {"image_size": 32, "train_size": images, "val_size": 64, "test_size": 64,
                                               "augment": {"crop_padding": 4, "flip": True}}},
         "teacher": {"name": "torchvision", "params": {"model": "resnet101", "cifar_stem": True},
                     "checkpoint": checkpoint, "cache": cache, "cache_dir": cache_dir,

@@ -510,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     train_size = args.steps_per_epoch * args.batch_size
     if train_size > 1700:
         parser.error(f"steps-per-epoch x batch-size = {train_size}: digits has at most 1700 training images")
+    held_out = min(args.batch_size, (DIGITS_IMAGES - train_size) // 2)  # each of val and test
     if args.epochs * args.steps_per_epoch <= args.warmup + args.epochs:
         parser.error("nothing left to measure: raise --epochs or --steps-per-epoch, or lower --warmup")
 
@@ -519,8 +520,8 @@ def main(argv: list[str] | None = None) -> None:
     base = {
         "work": str(work.resolve()), "seed": 0, "threads": args.threads, "batch_size": args.batch_size,
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "warmup": args.warmup,
-        "data_params": {"image_size": 32, "train_size": train_size,
-                        "eval_size": min(args.batch_size, DIGITS_IMAGES - train_size)},
+        "data_params": {"image_size": 32, "train_size": train_size, "val_size": held_out,
+                        "test_size": held_out},
         "teacher_params": {"model": args.teacher, "cifar_stem": True},
         "student_params": {"model": "mobilenet_v2", "width_mult": args.student_width, "cifar_stem": True},
         "temperature": 4.0, "kd_weight": 0.9, "ce_weight": 0.1, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,

@@ -18,13 +18,14 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from kdengine.errors import (CheckpointError, DataError, KDEngineError, PluginError, RecipeError, TrainingError,
-                             WeightsUnavailableError)
+from kdengine.errors import (CheckpointError, DataError, KDEngineError, MissingSplitError, PluginError, RecipeError,
+                             TrainingError, WeightsUnavailableError)
 from kdengine.io.fingerprint import describe_params, fingerprint_files
 from kdengine.io.weights import load_weights, read_state_dict
 from kdengine.plugins.components import DataInfo, DatasetProvider, LossContext, LossTerm, Metric, ModelFactory, Params
 from kdengine.plugins.features import as_feature_map, make_adapter
 from kdengine.plugins.hookspecs import hookimpl
+from kdengine.plugins.splits import fraction_count, holdout
 
 if TYPE_CHECKING:
     from kdengine.recipe import Recipe
@@ -38,10 +39,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "CheckpointError", "DataError", "DataInfo", "DatasetProvider", "KDEngineError", "LossContext", "LossTerm",
-    "Metric", "ModelFactory", "Params", "PluginError", "RecipeError", "TrainingError", "WeightsUnavailableError",
-    "__version__",
-    "as_feature_map", "cache_teacher", "describe_params", "fingerprint_files", "hookimpl",
-    "load_recipe", "load_weights", "make_adapter", "read_state_dict", "resume", "run", "table",
+    "Metric", "MissingSplitError", "ModelFactory", "Params", "PluginError", "RecipeError", "TrainingError",
+    "WeightsUnavailableError", "__version__", "as_feature_map", "cache_teacher", "describe_params",
+    "fingerprint_files", "fraction_count", "hookimpl", "holdout", "load_recipe", "load_weights", "make_adapter",
+    "read_state_dict", "resume", "run", "table",
 ]
 
 

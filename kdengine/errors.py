@@ -29,6 +29,10 @@ class DataError(KDEngineError):
     """A dataset is missing, unreadable or inconsistent; the message names the file."""
 
 
+class MissingSplitError(DataError):
+    """A dataset provider lacks a split the run needs (for example it has no ``val_set()``)."""
+
+
 class DataWarning(UserWarning):
     """About the data of a run that goes on: bad samples were left out
     (``data.on_bad_sample = "skip"``), or a resumed run's data changed since it started."""

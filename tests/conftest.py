@@ -26,7 +26,7 @@ def shared_data_root() -> Path | None:
 
 TINY_RECIPE = {
     "run": {"name": "tiny", "seed": 0},
-    "data": {"name": "digits", "params": {"image_size": 8, "train_size": 200, "eval_size": 200}},
+    "data": {"name": "digits", "params": {"image_size": 8, "train_size": 200, "val_size": 200, "test_size": 200}},
     "teacher": {"name": "torchvision", "params": {"model": "mobilenet_v2", "width_mult": 0.25, "cifar_stem": True}},
     "student": {"name": "torchvision", "params": {"model": "mobilenet_v2", "width_mult": 0.25, "cifar_stem": True}},
     "train": {"epochs": 1, "batch_size": 32, "eval_batch_size": 256, "max_steps_per_epoch": 2,

@@ -64,7 +64,7 @@ def edge_folder_mismatched_sizes(root: Path):
         write_mask(root / "edges" / f"im{i}.png", 20, 28)
     write_mask(root / "edges" / "im1.png", 10, 10)
     params = {"train_images": str(root / "images"), "train_edges": str(root / "edges"), "size": 16,
-              "eval_fraction": 0.2}
+              "test_fraction": 0.2}
     return {"name": "edge_folder", "params": params}, "im1.png"
 
 
@@ -74,13 +74,13 @@ def sr_folder_truncated(root: Path):
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / "hr" / f"{i}.png")
     truncate(root / "hr" / "1.png")
-    params = {"root": str(root / "hr"), "holdout": 1, "patch": 16, "patches_per_image": 2, "tile": 0}
+    params = {"root": str(root / "hr"), "test_holdout": 1, "patch": 16, "patches_per_image": 2, "tile": 0}
     return {"name": "sr_folder", "params": params}, "1.png"
 
 
 def image_folder_truncated(root: Path):
     rng = np.random.default_rng(0)
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         for label in ("cat", "dog"):
             folder = root / split / label
             folder.mkdir(parents=True)
@@ -162,9 +162,11 @@ def test_skip_counts_each_bad_sample_once_and_keeps_the_good_ones(tmp_path):
     (root / "images" / "val" / "1000.jpg").write_bytes(b"garbage")
     provider = BSDS500({"root": root, "size": 16})
     provider.on_bad_sample = "skip"
-    assert len(provider.train_set()) == 4  # 6 train+val images, 2 bad
+    assert len(provider.train_set()) == 2  # 3 train images, 1 bad
+    assert len(provider.val_set()) == 2  # 3 val images, 1 bad
     provider.train_set()  # built again: still counted once
-    assert len(provider.eval_set()) == 3
+    provider.val_set()
+    assert len(provider.test_set()) == 3
     skipped = provider.skipped_samples()
     assert len(skipped) == 2
     assert any("0001.mat" in s for s in skipped) and any("1000.jpg" in s for s in skipped)
@@ -175,7 +177,7 @@ def test_skip_counts_each_bad_sample_once_and_keeps_the_good_ones(tmp_path):
 
 def test_a_split_left_empty_by_skipping_says_so(tmp_path, one_thread):
     data, _ = image_folder_truncated(tmp_path / "data")
-    for path in (tmp_path / "data" / "val").rglob("*.jpg"):
+    for path in (tmp_path / "data" / "test").rglob("*.jpg"):
         path.write_bytes(b"garbage")
     recipe = recipe_for(data, CLASSIFICATION, tmp_path, on_bad_sample="skip")
     with pytest.raises(DataError, match=r"eval split .* is empty \(7 bad samples were skipped\)"):

@@ -25,7 +25,7 @@ AUGMENT = {"crop_padding": 2, "flip": True, "color_jitter": 0.3, "cutmix_alpha":
 
 EDGE_RECIPE = {
     "run": {"name": "edge-tiny", "seed": 3},
-    "data": {"name": "synthetic_edges", "params": {"size": 32, "train_size": 24, "eval_size": 8}},
+    "data": {"name": "synthetic_edges", "params": {"size": 32, "train_size": 24, "val_size": 8, "test_size": 8}},
     "teacher": {"name": "unet", "params": {"encoder": "resnet18", "decoder_channels": [16, 16, 8, 8, 8]},
                 "train": {"epochs": 1}},
     "student": {"name": "unet", "params": {"encoder": "mobilenet_v2", "decoder_channels": [16, 8, 8, 8, 8]}},
@@ -193,7 +193,7 @@ name = "cached"
 seed = 0
 [data]
 name = "digits"
-params = {{ image_size = 8, train_size = 200, eval_size = 200, augment = {{ crop_padding = 2, flip = true, cutmix_alpha = 1.0 }} }}
+params = {{ image_size = 8, train_size = 200, val_size = 200, test_size = 200, augment = {{ crop_padding = 2, flip = true, cutmix_alpha = 1.0 }} }}
 [teacher]
 name = "torchvision"
 params = {{ model = "mobilenet_v2", width_mult = 0.25, cifar_stem = true }}

@@ -118,13 +118,34 @@ def test_pretrained_offline_fails_clearly(monkeypatch):
         TimmModel({"model": "resnet18", "pretrained": True}).build(INFO)
 
 
-def test_digits_splits_are_deterministic_and_disjoint():
-    d = Digits({"image_size": 8, "train_size": 100})
-    a, b = d.train_set(), Digits({"image_size": 8, "train_size": 100}).train_set()
-    assert len(a) == 100 and len(d.eval_set()) == 1797 - 100
-    assert torch.equal(a.images, b.images)
-    x, y = a[0]
+def _indices(*splits) -> list[set[int]]:
+    return [set(split.indices.tolist()) for split in splits]
+
+
+def test_digits_train_val_test_are_disjoint_sized_and_deterministic():
+    d = Digits({"image_size": 8, "train_size": 100, "val_size": 50})
+    train, val, test = d.train_set(), d.val_set(), d.test_set()
+    assert (len(train), len(val), len(test)) == (100, 50, 1797 - 150)
+    a, b, c = _indices(train, val, test)
+    assert not (a & b or a & c or b & c) and len(a | b | c) == 1797
+    again = Digits({"image_size": 8, "train_size": 100, "val_size": 50})
+    assert torch.equal(again.val_set().indices, val.indices) and torch.equal(again.train_set().images, train.images)
+    other = Digits({"image_size": 8, "train_size": 100, "val_size": 50, "split_seed": 1}).val_set()
+    assert not torch.equal(other.indices, val.indices)
+    x, y = train[0]
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and 0 <= int(y) < 10
+
+
+def test_digits_test_images_do_not_depend_on_val_size():
+    # val is drawn from the far end of the shuffled images, so a test_size keeps its images
+    small = Digits({"image_size": 8, "train_size": 100, "val_size": 10, "test_size": 200}).test_set()
+    large = Digits({"image_size": 8, "train_size": 100, "val_size": 300, "test_size": 200}).test_set()
+    assert torch.equal(small.indices, large.indices)
+
+
+def test_digits_splits_must_fit_in_the_dataset():
+    with pytest.raises(ValueError, match="1797 images"):
+        Digits({"train_size": 1700, "val_size": 97})
 
 
 def test_cifar100_missing_is_a_data_error(tmp_path):
@@ -132,23 +153,88 @@ def test_cifar100_missing_is_a_data_error(tmp_path):
         Cifar100({"root": str(tmp_path)}).check()
 
 
-def test_image_folder(tmp_path):
+def test_cifar100_val_is_a_seeded_slice_of_the_official_train_set(monkeypatch):
+    from kdengine_classification.data import InMemoryImages
+
+    def fake_load(self, train):  # an official train set of 600 and a test set of 100 images
+        count = 600 if train else 100
+        images = torch.arange(count, dtype=torch.int64).view(count, 1, 1, 1).expand(count, 3, 2, 2)
+        return InMemoryImages(images.to(torch.uint8), torch.arange(count) % 100, (0.5,) * 3, (0.5,) * 3)
+
+    monkeypatch.setattr(Cifar100, "_load", fake_load)
+    data = Cifar100({"val_size": 150})
+    train, val, test = data.train_set(), data.val_set(), data.test_set()
+    assert (len(train), len(val), len(test)) == (450, 150, 100)
+    a, b = _indices(train, val)
+    assert not a & b and a | b == set(range(600))
+    assert torch.equal(Cifar100({"val_size": 150}).val_set().indices, val.indices)
+    assert not torch.equal(Cifar100({"val_size": 150, "split_seed": 1}).val_set().indices, val.indices)
+    # the images travel with their indices
+    assert torch.equal(val.images[:, 0, 0, 0].long(), val.indices % 256)
+
+
+def test_cifar100_default_holds_out_5000_of_the_50000_train_images():
+    from kdengine import holdout
+
+    assert Cifar100.Params().val_size == 5000
+    train, val = holdout(range(50_000), Cifar100.Params().val_size, 0)
+    assert (len(train), len(val)) == (45_000, 5000)
+
+
+def _class_folders(root, split, count, size=(20, 12)):
     from PIL import Image
 
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            folder = tmp_path / split / cls
-            folder.mkdir(parents=True)
-            Image.new("RGB", (20, 12), (10, 200, 30)).save(folder / "a.png")
+    for cls in ("cat", "dog"):
+        folder = root / split / cls
+        folder.mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", size, (10 * i, 200, 30)).save(folder / f"{split}{i}.png")
+
+
+def _files(dataset) -> set:
+    return {path for path, _ in dataset.samples}
+
+
+def test_image_folder(tmp_path):
+    for split in ("train", "val", "test"):
+        _class_folders(tmp_path, split, 1)
     ds = ImageFolder({"root": str(tmp_path), "image_size": 16})
     assert ds.info().num_classes == 2 and ds.info().class_names == ("cat", "dog")
     x, y = ds.train_set()[1]
     assert x.shape == (3, 16, 16) and y == 1
-    (tmp_path / "val" / "dog" / "b.png").write_bytes(b"garbage")
+    assert {p.parent.parent.name for p in _files(ds.val_set())} == {"val"}
+    assert {p.parent.parent.name for p in _files(ds.test_set())} == {"test"}
+    (tmp_path / "test" / "dog" / "b.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"b\.png: cannot read image"):
-        [ds.eval_set()[i] for i in range(3)]
+        [ImageFolder({"root": str(tmp_path), "image_size": 16}).test_set()[i] for i in range(3)]
     with pytest.raises(DataError, match="folder not found"):
         ImageFolder({"root": str(tmp_path / "none")}).check()
+
+
+def test_image_folder_without_a_val_folder_holds_out_a_seeded_fraction_of_train(tmp_path):
+    _class_folders(tmp_path, "train", 10)
+    _class_folders(tmp_path, "test", 2)
+    params = {"root": str(tmp_path), "image_size": 16, "val_fraction": 0.25}
+    ds = ImageFolder(params)
+    train, val, test = _files(ds.train_set()), _files(ds.val_set()), _files(ds.test_set())
+    assert (len(train), len(val), len(test)) == (15, 5, 4)
+    assert not (train & val or train & test or val & test)
+    assert train | val == {p for p in (tmp_path / "train").rglob("*.png")}
+    assert _files(ImageFolder(params).val_set()) == val
+    assert _files(ImageFolder({**params, "split_seed": 3}).val_set()) != val
+
+
+def test_image_folder_val_dir_empty_ignores_a_val_folder(tmp_path):
+    for split in ("train", "val", "test"):
+        _class_folders(tmp_path, split, 4)
+    ds = ImageFolder({"root": str(tmp_path), "image_size": 16, "val_dir": "", "val_fraction": 0.25})
+    assert {p.parent.parent.name for p in _files(ds.val_set())} == {"train"}
+    assert len(ds.val_set()) == 2 and len(ds.train_set()) == 6
+
+
+def test_image_folder_folders_must_differ():
+    with pytest.raises(ValueError, match="different folders"):
+        ImageFolder.Params(root="x", val_dir="test")
 
 
 def test_topk_metrics_accumulate_across_batches():

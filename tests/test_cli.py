@@ -81,7 +81,7 @@ def bad_cases(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
             return (os.system, ("true",))
 
     torch.save({"weight": torch.zeros(1), "boom": Payload()}, tmp_path / "evil.pth")
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         (tmp_path / "empty" / split / "cat").mkdir(parents=True, exist_ok=True)
     return [
         (GOOD.replace('[run]\nname = "cli"', '[run\nname = "cli"'), ["invalid TOML", "line"], []),

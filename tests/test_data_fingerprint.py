@@ -47,17 +47,19 @@ def edge_folder(root: Path):
 def sr_folder(root: Path):
     for i in range(3):
         photo(root / "hr" / f"{i}.png", 20, 20, seed=i)
-    return SRFolder({"root": str(root / "hr"), "holdout": 1, "patch": 16}), root / "hr" / "2.png"
+    return SRFolder({"root": str(root / "hr"), "test_holdout": 1, "patch": 16}), root / "hr" / "2.png"
 
 
 def sr_paired(root: Path):
-    photo(root / "Set5" / "HR" / "bird.png", 16, 16, seed=0)
-    photo(root / "Set5" / "LR_bicubic" / "X4" / "birdx4.png", 4, 4, seed=1)
-    return SRPaired({"root": str(root / "Set5"), "patch": 16}), root / "Set5" / "LR_bicubic" / "X4" / "birdx4.png"
+    for i, name in enumerate(("baby", "bird", "head")):  # train, val and test pairs
+        photo(root / "pairs" / "HR" / f"{name}.png", 16, 16, seed=i)
+        photo(root / "pairs" / "LR_bicubic" / "X4" / f"{name}x4.png", 4, 4, seed=10 + i)
+    provider = SRPaired({"root": str(root / "pairs"), "test_holdout": 1, "patch": 16})
+    return provider, root / "pairs" / "LR_bicubic" / "X4" / "birdx4.png"
 
 
 def image_folder(root: Path):
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         for label in ("cat", "dog"):
             photo(root / split / label / "a.png", 8, 8, seed=len(split) + len(label))
     return ImageFolder({"root": str(root), "image_size": 8}), root / "val" / "dog" / "a.png"
@@ -123,7 +125,7 @@ def test_generated_and_bundled_data_describe_what_makes_them():
     assert SyntheticEdges({"seed": 4, "size": 32}).fingerprint() != synthetic
     digits = Digits({"image_size": 8, "split_seed": 1}).fingerprint()
     assert "scikit-learn" in digits and "split_seed=1" in digits and "image_size=8" in digits
-    skimage = SkimageSR({"eval_images": ["astronaut"]}).fingerprint()
+    skimage = SkimageSR({"test_images": ["astronaut"]}).fingerprint()
     assert "scikit-image" in skimage and "astronaut" in skimage
 
 
@@ -142,7 +144,7 @@ def test_environment_json_records_the_fingerprint(tmp_path, one_thread):
     run_dir = Path(results.run_dir)
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["data_fingerprint"] == json.loads(json.dumps(provider.fingerprint()))
-    assert env["data_fingerprint"]["files"] == 4
+    assert env["data_fingerprint"]["files"] == 6  # train, val and test: two images each
 
     # resuming on data that changed since the run started says so
     fake_accelerator = SimpleNamespace(is_main_process=True)

@@ -23,7 +23,7 @@ seed = 0
 
 [data]
 name = "digits"
-params = {{ image_size = 8, train_size = 256, eval_size = 301 }}
+params = {{ image_size = 8, train_size = 256, val_size = 200, test_size = 301 }}
 
 [teacher]
 name = "toy.mlp"

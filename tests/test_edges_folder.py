@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from kdengine import DataError
 from kdengine_edges import folder as folder_module
@@ -35,12 +36,12 @@ def params(root, **extra):
     return {"train_images": root / "images", "train_edges": root / "edges", "size": 16, **extra}
 
 
-def test_pairs_by_name_and_holds_out_an_eval_split(tmp_path):
+def test_pairs_by_name_and_holds_out_val_and_test_splits(tmp_path):
     root = make_folder(tmp_path)
-    data = EdgeFolder(params(root, eval_fraction=0.2))
+    data = EdgeFolder(params(root, test_fraction=0.2, val_fraction=0.25))
     data.check()
-    train, evalset = data.train_set(), data.eval_set()
-    assert len(train) == 4 and len(evalset) == 1
+    train, evalset = data.train_set(), data.test_set()
+    assert len(train) == 3 and len(data.val_set()) == 1 and len(evalset) == 1
     image, target = train[0]
     assert image.shape == (3, 16, 16) and target.shape == (1, 16, 16)
     assert set(torch.unique(target).tolist()) <= {0.0, 1.0} and target.max() == 1.0
@@ -74,6 +75,48 @@ def test_missing_folder_is_reported_by_check(tmp_path):
         EdgeFolder(params(tmp_path)).check()
 
 
-def test_eval_folders_come_in_pairs(tmp_path):
-    with pytest.raises(Exception):
-        EdgeFolder(params(tmp_path, eval_images=tmp_path))
+def test_val_and_test_folders_come_in_pairs(tmp_path):
+    with pytest.raises(ValidationError, match="val_images and val_edges"):
+        EdgeFolder(params(tmp_path, val_images=tmp_path / "v"))
+    with pytest.raises(ValidationError, match="test_images and test_edges"):
+        EdgeFolder(params(tmp_path, test_edges=tmp_path / "t"))
+    with pytest.raises(ValidationError, match="different folders"):
+        EdgeFolder(params(tmp_path, test_images=tmp_path / "images", test_edges=tmp_path / "e"))
+
+
+def _images(dataset) -> list[torch.Tensor]:
+    return [image for image, _ in dataset.items]
+
+
+def _which(dataset, pool) -> set[int]:
+    """The indices in ``pool`` of the images of ``dataset``."""
+    return {next(i for i, p in enumerate(pool) if torch.equal(p, image)) for image in _images(dataset)}
+
+
+def test_held_out_splits_are_disjoint_seeded_and_test_is_last_by_name(tmp_path):
+    root = make_folder(tmp_path, count=10)
+    data = EdgeFolder(params(root, test_fraction=0.2, val_fraction=0.25))
+    pool = [image for image, _ in data._items(root / "images", root / "edges")]  # sorted by name
+    train, val, test = (_which(s, pool) for s in (data.train_set(), data.val_set(), data.test_set()))
+    assert test == {8, 9} and len(val) == 2 and len(train) == 6
+    assert not (train & val) and train | val | test == set(range(10))
+    assert _which(EdgeFolder(params(root, test_fraction=0.2, val_fraction=0.25)).val_set(), pool) == val
+    assert _which(EdgeFolder(params(root, test_fraction=0.2, val_fraction=0.25, split_seed=5)).val_set(), pool) != val
+
+
+def test_val_and_test_folders_are_used_when_given(tmp_path):
+    root = make_folder(tmp_path / "train", count=3)
+    val = make_folder(tmp_path / "val", count=2, height=22)
+    test = make_folder(tmp_path / "test", count=1, height=24)
+    data = EdgeFolder(params(root, val_images=val / "images", val_edges=val / "edges",
+                             test_images=test / "images", test_edges=test / "edges"))
+    data.check()
+    assert len(data.train_set()) == 3
+    assert [image.shape[1] for image in _images(data.val_set())] == [22, 22]
+    assert [image.shape[1] for image in _images(data.test_set())] == [24]
+
+
+def test_too_few_images_to_hold_out_is_a_data_error(tmp_path):
+    root = make_folder(tmp_path, count=2)
+    with pytest.raises(DataError, match="too few images"):
+        EdgeFolder(params(root)).train_set()

@@ -25,8 +25,8 @@ def bsds_root() -> Path:
 
 
 def few_real_files(source: Path, target: Path, count: int = 2) -> Path:
-    """The first ``count`` images of val and test, in the official layout (a temporary copy)."""
-    for split in ("val", "test"):
+    """The first ``count`` images of each split, in the official layout (a temporary copy)."""
+    for split in ("train", "val", "test"):
         for image in sorted((source / "images" / split).glob("*.jpg"))[:count]:
             for kind, name in (("images", image.name), ("groundTruth", f"{image.stem}.mat")):
                 (target / kind / split).mkdir(parents=True, exist_ok=True)
@@ -40,11 +40,11 @@ def test_real_bsds500_items_and_metrics(tmp_path):
     from kdengine_edges.transforms import collate_edges
 
     root = few_real_files(bsds_root(), tmp_path / "BSDS500")
-    data = BSDS500({"root": root, "size": 64, "train_splits": ["val"], "eval_splits": ["test"]})
+    data = BSDS500({"root": root, "size": 64})
     data.check()
     image, target = data.train_set()[0]
     assert image.shape == (3, 64, 64) and target.shape == (1, 64, 64)
-    inputs, targets = collate_edges([data.eval_set()[i] for i in range(2)])
+    inputs, targets = collate_edges([data.test_set()[i] for i in range(2)])  # two landscape images
     assert inputs.shape == (2, 3, 321, 481)
     assert 4 <= targets["annotators"].shape[1] <= 9
     # one annotator's boundaries as the prediction: precise against all, recall below one

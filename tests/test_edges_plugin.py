@@ -45,7 +45,7 @@ class Blur(torch.nn.Module):
 
 
 def test_sample_figure_writes_a_png(tmp_path):
-    data = SyntheticEdges({"size": 32, "train_size": 2, "eval_size": 3})
+    data = SyntheticEdges({"size": 32, "train_size": 2, "test_size": 3})
     models = {"teacher": Blur().eval(), "scratch": Blur().eval(), "distilled": Blur().eval()}
     path = data.sample_figure(models, tmp_path / "figure.png")
     assert path == tmp_path / "figure.png"
@@ -53,8 +53,8 @@ def test_sample_figure_writes_a_png(tmp_path):
 
 
 def test_eval_batches_flow_through_predict_and_metrics():
-    data = SyntheticEdges({"size": 32, "train_size": 2, "eval_size": 4})
-    inputs, targets = collate_edges([data.eval_set()[i] for i in range(4)])
+    data = SyntheticEdges({"size": 32, "train_size": 2, "test_size": 4})
+    inputs, targets = collate_edges([data.test_set()[i] for i in range(4)])
     metrics = [registered("register_metrics")[n]({"thresholds": 5} if n == "ods_ois" else {})
                .build(data.info()) for n in ("dice", "ods_ois")]
     outputs = data.predict(Blur().eval(), inputs)

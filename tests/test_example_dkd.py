@@ -75,7 +75,7 @@ def test_the_examples_own_tests_pass_against_the_installed_package(dkd_site):
 def test_a_recipe_distils_with_dkd(dkd_installed, tiny_recipe, tmp_path):
     import kdengine
 
-    tiny_recipe["data"]["params"]["train_size"] = 1700
+    tiny_recipe["data"]["params"].update(train_size=1700, val_size=48, test_size=None)
     tiny_recipe["train"]["baseline"] = False
     tiny_recipe["loss"] = [{"name": "dkd.dkd", "weight": 0.5, "params": {"beta": 2.0}},
                            {"name": "cross_entropy", "weight": 0.5}]

@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory):
 
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["run"]["name"] = "export"
-    recipe["data"]["params"]["train_size"] = 1700
+    recipe["data"]["params"].update(train_size=1700, val_size=48, test_size=None)
     recipe["teacher"]["params"]["width_mult"] = 0.5
     recipe["loss"].append({"name": "fitnets", "weight": 0.1,
                            "params": {"student_layer": "features.4", "teacher_layer": "features.4"}})

@@ -265,7 +265,8 @@ def test_tiny_run_with_each_method(name, tiny_recipe, tmp_path):
     import kdengine
 
     tiny_recipe["run"]["name"] = f"kd-{name}"
-    tiny_recipe["data"]["params"]["train_size"] = 1700  # a small evaluation split keeps the run short
+    # small val and test splits keep the run short
+    tiny_recipe["data"]["params"].update(train_size=1700, val_size=48, test_size=None)
     tiny_recipe["train"]["baseline"] = False
     # a wider teacher than the student, so feature terms need a real adapter
     tiny_recipe["teacher"]["params"]["width_mult"] = 0.5

@@ -24,7 +24,7 @@ seed = 3
 
 [data]
 name = "digits"
-params = { image_size = 8, train_size = 192, eval_size = 128, augment = { crop_padding = 1, flip = true, mixup_alpha = 0.4 } }
+params = { image_size = 8, train_size = 192, val_size = 128, test_size = 128, augment = { crop_padding = 1, flip = true, mixup_alpha = 0.4 } }
 
 [teacher]
 name = "torchvision"

@@ -24,13 +24,13 @@ def test_model_factories():
 
 def test_params():
     testing.check_params(AttentionSRNet, {"blocks": 4}, [{"blocks": 0}, {"channels": 2}, {"depth": 3}])
-    testing.check_params(SkimageSR, {"patch": 96}, [{"patch": 90}, {"eval_images": ["lena"]}])
+    testing.check_params(SkimageSR, {"patch": 96}, [{"patch": 90}, {"test_images": ["lena"]}])
 
 
 def test_dataset():
-    # one eval image: whole photographs of different sizes do not stack into one batch
+    # val and test hold whole photographs of different sizes: they collate into lists
     testing.check_dataset(SkimageSR, {"patch": 32, "patches_per_image": 2, "train_images": ["coffee", "rocket"],
-                                      "eval_images": ["astronaut"]})
+                                      "val_images": ["coins", "moon"], "test_images": ["astronaut", "motorcycle"]})
 
 
 def _batches():

@@ -88,7 +88,7 @@ def test_bf16_sr_run_swinir_teacher_to_attention_student(tmp_path, one_thread):
         "run": {"name": "sr-bf16", "seed": 0},
         "data": {"name": "skimage_sr", "params": {
             "scale": 4, "patch": 32, "patches_per_image": 2, "degradation": "blur_bicubic",
-            "train_images": ["coffee", "chelsea"], "eval_images": ["camera"]}},
+            "train_images": ["coffee", "chelsea"], "val_images": ["coins"], "test_images": ["camera"]}},
         "teacher": {"name": "swinir", "params": {"size": "tiny"}, "train": {"epochs": 1}},
         "student": {"name": "attention_srnet", "params": {"blocks": 2, "channels": 8}},
         "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 1, "mixed_precision": "bf16",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from kdengine import DataInfo, DatasetProvider, LossTerm, Metric, ModelFactory, Params, testing
+from kdengine import DataInfo, DatasetProvider, LossTerm, Metric, MissingSplitError, ModelFactory, Params, testing
 from kdengine.plugins.catalog import get_catalog
 from kdengine.testing import ContractError
 from kdengine_classification.data import Digits
@@ -132,7 +132,7 @@ class TinyData(DatasetProvider):
     class Params(Params):
         channels: int = Field(1, ge=1)
         label_offset: int = 0
-        empty_eval: bool = False
+        empty_test: bool = False
 
     def info(self):
         return DataInfo(task="classification", in_channels=1, num_classes=3)
@@ -146,8 +146,15 @@ class TinyData(DatasetProvider):
     def train_set(self):
         return self._split(6)
 
-    def eval_set(self):
-        return self._split(0 if self.params.empty_eval else 4)
+    def val_set(self):
+        return self._split(3)
+
+    def test_set(self):
+        return self._split(0 if self.params.empty_test else 4)
+
+
+class NoValData(TinyData):
+    val_set = DatasetProvider.val_set
 
 
 def test_check_dataset_passes_on_a_good_provider_and_on_digits():
@@ -159,11 +166,30 @@ def test_check_dataset_passes_on_a_good_provider_and_on_digits():
 @pytest.mark.parametrize("params, message", [
     ({"channels": 3}, "channels"),
     ({"label_offset": 1}, "class index"),
-    ({"empty_eval": True}, "empty"),
+    ({"empty_test": True}, "test_set.*empty"),
 ])
 def test_check_dataset_fails_on_broken_providers(params, message):
     with pytest.raises(ContractError, match=message):
         testing.check_dataset(TinyData, params)
+
+
+def test_check_dataset_needs_a_val_split():
+    with pytest.raises(MissingSplitError, match="NoValData has no validation split"):
+        testing.check_dataset(NoValData, {})
+
+
+def test_check_dataset_accepts_items_of_different_sizes_collated_as_lists():
+    class Sizes(TinyData):
+        def info(self):
+            return DataInfo(task="superres", in_channels=1)
+
+        def test_set(self):
+            return [(torch.zeros(1, 4, 4), torch.zeros(1, 8, 8)), (torch.zeros(1, 4, 6), torch.zeros(1, 8, 12))]
+
+        def collate_fn(self):
+            return lambda batch: tuple(map(list, zip(*batch)))
+
+    assert testing.check_dataset(Sizes, {}).task == "superres"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from kdengine.errors import MissingSplitError
+
 
 class Params(BaseModel):
     """Base of every component's parameters: unknown keys are errors, values are immutable."""
@@ -75,9 +77,19 @@ class ModelFactory(Component):
 
 
 class DatasetProvider(Component):
-    """Builds the train and evaluation splits of one dataset.
+    """Builds the three splits of one dataset: train, val and test.
 
-    Each split is a ``torch.utils.data.Dataset`` whose items are ``(input, target)`` pairs.
+    Each split is a ``torch.utils.data.Dataset`` whose items are ``(input, target)`` pairs, and
+    the three hold disjoint samples. ``train_set()`` is what the models learn from; ``val_set()``
+    is what every choice made during training is made on (best epoch, plateau schedule, a chain's
+    best teacher); ``test_set()`` is scored once at the end and reported. A dataset without an
+    official validation split carves one out of its training data under a fixed seed (see
+    :func:`kdengine.holdout`), so it is disjoint from train and the same on every run.
+
+    A provider that has no validation split keeps the base ``val_set()``, which raises
+    :class:`~kdengine.errors.MissingSplitError` (a ``DataError``) naming the provider class:
+    there is no capability flag to query and no None to check; ask for the split and let the
+    error stop the run with its message.
 
     Bad samples (an unreadable or truncated file, a missing annotation, image and label sizes
     that disagree) are found while the splits are built, not in ``__getitem__``, and handed to
@@ -121,17 +133,26 @@ class DatasetProvider(Component):
         """
 
     def train_set(self) -> torch.utils.data.Dataset:
+        """The split the models train on."""
         raise NotImplementedError
 
-    def eval_set(self) -> torch.utils.data.Dataset:
+    def val_set(self) -> torch.utils.data.Dataset:
+        """The split the choices made during training are made on; disjoint from train and test.
+
+        The default raises :class:`~kdengine.errors.MissingSplitError`: override it."""
+        raise MissingSplitError(f"{type(self).__name__} has no validation split: its provider does "
+                                "not implement val_set() (hold out part of the training data)")
+
+    def test_set(self) -> torch.utils.data.Dataset:
+        """The split that is scored once, at the end, and reported."""
         raise NotImplementedError
 
     def collate_fn(self) -> Callable | None:
-        """A custom collate function for both splits, or None for PyTorch's default."""
+        """A custom collate function for every split, or None for PyTorch's default."""
         return None
 
     def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """The model's output for an evaluation batch; override for tiled inference and the like."""
+        """The model's output for a val or test batch; override for tiled inference and the like."""
         return model(inputs)
 
     def sample_figure(self, models: dict[str, nn.Module], path: Path) -> Path | None:

@@ -227,15 +227,16 @@ def _check_item(cls: type, split: str, index: int, item: Any, info: DataInfo) ->
 
 
 def check_dataset(cls: type[DatasetProvider], params: Mapping[str, Any] | None, items: int = 3) -> DataInfo:
-    """``info()`` and ``check()`` work, both splits are non-empty, and their first and last items are
-    ``(tensor, target)`` pairs with the declared channels (and class indices in range); a batch of
-    two collates. Returns the DataInfo."""
+    """``info()`` and ``check()`` work, the train, val and test splits are non-empty, and their first
+    and last items are ``(tensor, target)`` pairs with the declared channels (and class indices in
+    range); a batch of two collates (into a batch tensor, or a list for items of different sizes).
+    Returns the DataInfo."""
     provider = cls(dict(params or {}))
     info = provider.info()
     if not isinstance(info, DataInfo):
         _fail(cls, f"info() returned {type(info).__name__}, not a DataInfo")
     provider.check()
-    for split in ("train_set", "eval_set"):
+    for split in ("train_set", "val_set", "test_set"):
         data = getattr(provider, split)()
         try:
             size = len(data)
@@ -249,8 +250,8 @@ def check_dataset(cls: type[DatasetProvider], params: Mapping[str, Any] | None, 
         batch = [data[i] for i in range(min(2, size))]
         collate = provider.collate_fn() or torch.utils.data.default_collate
         inputs, _ = collate(batch)
-        if inputs.shape[0] != len(batch):
-            _fail(cls, f"{split}: a collated batch of {len(batch)} has inputs of shape {tuple(inputs.shape)}")
+        if len(inputs) != len(batch):
+            _fail(cls, f"{split}: a collated batch of {len(batch)} has {len(inputs)} inputs")
     return info
 
 

@@ -69,7 +69,7 @@ def register_datasets(register: Register) -> None:
 
     Args:
         register: call ``register(name, cls)`` with ``cls`` a subclass of
-            :class:`kdengine.plugins.components.DatasetProvider`, which builds the train and evaluation
+            :class:`kdengine.plugins.components.DatasetProvider`, which builds the train, val and test
             splits and describes them with :class:`kdengine.plugins.components.DataInfo`.
     """
 

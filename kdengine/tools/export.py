@@ -96,7 +96,7 @@ def _sample_inputs(recipe: Recipe, provider, input_shape: tuple[int, ...] | None
         return torch.randn(count, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
         provider.check()
-        data = provider.eval_set()
+        data = provider.test_set()
         items = [data[i][0] for i in range(min(count, len(data)))]
         items = [x for x in items if x.shape == items[0].shape]  # evaluation images may differ in size
     except KDEngineError as exc:

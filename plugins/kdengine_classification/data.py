@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
-from kdengine import DataError, DataInfo, DatasetProvider, Params
+from kdengine import DataError, DataInfo, DatasetProvider, Params, fraction_count, holdout
 from kdengine import describe_params, fingerprint_files
 
 from kdengine_classification.augment import AugmentParams, BatchAugment
@@ -23,11 +24,13 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 class InMemoryImages(Dataset):
-    """uint8 images held as one tensor, normalised on access."""
+    """uint8 images held as one tensor, normalised on access. ``indices`` are their positions
+    in the dataset they were drawn from (what tells splits apart)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, indices: torch.Tensor | None = None):
         self.images = images
         self.labels = labels
+        self.indices = torch.arange(len(labels)) if indices is None else indices
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
@@ -37,6 +40,13 @@ class InMemoryImages(Dataset):
     def __getitem__(self, index: int):
         image = (self.images[index].float() / 255 - self.mean) / self.std
         return image, self.labels[index]
+
+    def subset(self, indices) -> "InMemoryImages":
+        """The images at ``indices``, copied out (so the full set can be freed)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        out = copy.copy(self)
+        out.images, out.labels, out.indices = self.images[index], self.labels[index], self.indices[index]
+        return out
 
 
 class _Classification(DatasetProvider):
@@ -55,21 +65,35 @@ class _Classification(DatasetProvider):
     def sample_figure(self, models, path):
         from kdengine_classification.figure import top3_grid
 
-        return top3_grid(self.eval_set(), models, path, self.mean, self.std, self.info().class_names)
+        return top3_grid(self.test_set(), models, path, self.mean, self.std, self.info().class_names)
+
+
+DIGITS_IMAGES = 1797
 
 
 class Digits(_Classification):
     """scikit-learn's handwritten digits (1,797 8x8 images, 10 classes): ships with the package,
-    so it runs offline. Upsampled to ``image_size`` and split with a fixed seed."""
+    so it runs offline. Upsampled to ``image_size``; the images are shuffled under ``split_seed``,
+    the first ``train_size`` are train, the last ``val_size`` val, and test comes from between."""
 
     class Params(Params):
         image_size: int = Field(16, ge=8, le=64)
-        #: Training images; the rest of the 1,797 are the evaluation split.
+        #: Training images.
         train_size: int = Field(1000, ge=10, le=1700)
-        #: Evaluation images (default: all the images not used for training).
-        eval_size: int | None = Field(None, ge=1)
+        #: Validation images, disjoint from train and test.
+        val_size: int = Field(200, ge=1)
+        #: Test images (default: every image in neither train nor val).
+        test_size: int | None = Field(None, ge=1)
         split_seed: int = 0
         augment: AugmentParams = AugmentParams()
+
+        @model_validator(mode="after")
+        def _fits(self):
+            needed = self.train_size + self.val_size + (self.test_size or 1)
+            if needed > DIGITS_IMAGES:
+                raise ValueError(f"train_size + val_size + test_size = {needed}, but digits has "
+                                 f"{DIGITS_IMAGES} images")
+            return self
 
     mean = (0.5,)
     std = (0.5,)
@@ -89,33 +113,45 @@ class Digits(_Classification):
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
         labels = torch.from_numpy(digits.target).long()
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.params.split_seed))
-        train, test = order[: self.params.train_size], order[self.params.train_size:]
-        if self.params.eval_size is not None:
-            test = test[: self.params.eval_size]
-        return (InMemoryImages(images[train], labels[train], self.mean, self.std),
-                InMemoryImages(images[test], labels[test], self.mean, self.std))
+        p = self.params
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(p.split_seed))
+        # val comes from the far end of the shuffled order, so the test images of a given
+        # test_size do not depend on val_size
+        train, val = order[: p.train_size], order[len(order) - p.val_size:]
+        test = order[p.train_size: len(order) - p.val_size][: p.test_size]
+        return tuple(InMemoryImages(images[i], labels[i], self.mean, self.std, i) for i in (train, val, test))
 
     def train_set(self):
         return self._splits[0]
 
-    def eval_set(self):
+    def val_set(self):
         return self._splits[1]
+
+    def test_set(self):
+        return self._splits[2]
 
     def fingerprint(self) -> str:
         from importlib.metadata import version
 
         return describe_params(f"digits (scikit-learn {version('scikit-learn')})", self.params,
-                               ["image_size", "train_size", "eval_size", "split_seed"])
+                               ["image_size", "train_size", "val_size", "test_size", "split_seed"])
+
+
+CIFAR100_TRAIN_IMAGES = 50_000
 
 
 class Cifar100(_Classification):
     """CIFAR-100 through torchvision (50,000 train / 10,000 test images, 32x32, 100 classes),
-    decoded once into memory. ``download = true`` fetches the official archive."""
+    decoded once into memory. ``val_size`` images of the official train set, drawn under
+    ``split_seed``, are the val split and the others train; test is the official test set.
+    ``download = true`` fetches the official archive."""
 
     class Params(Params):
         root: Path = Path("data/cifar100")
         download: bool = False
+        #: Images of the official train set held out as the val split (the rest train).
+        val_size: int = Field(5000, ge=1, le=CIFAR100_TRAIN_IMAGES // 2)
+        split_seed: int = 0
         augment: AugmentParams = AugmentParams(crop_padding=4, flip=True)
 
     mean = CIFAR100_MEAN
@@ -144,18 +180,23 @@ class Cifar100(_Classification):
         return InMemoryImages(images, torch.tensor(ds.targets, dtype=torch.long), self.mean, self.std)
 
     @cached_property
-    def _train(self):
-        return self._load(True)
+    def _train_val(self) -> tuple[InMemoryImages, InMemoryImages]:
+        official = self._load(True)
+        train, val = holdout(range(len(official)), self.params.val_size, self.params.split_seed)
+        return official.subset(train), official.subset(val)
 
     @cached_property
-    def _eval(self):
+    def _test(self):
         return self._load(False)
 
     def train_set(self):
-        return self._train
+        return self._train_val[0]
 
-    def eval_set(self):
-        return self._eval
+    def val_set(self):
+        return self._train_val[1]
+
+    def test_set(self):
+        return self._test
 
     def fingerprint(self) -> dict:
         """The files of the extracted archive (``root/cifar-100-python``)."""
@@ -199,19 +240,34 @@ class FolderImages(Dataset):
 
 
 class ImageFolder(_Classification):
-    """Your own images: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``."""
+    """Your own images: ``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg`` (optional) and
+    ``root/test/<class>/*.jpg``. Without a val folder, ``val_fraction`` of the train images,
+    drawn under ``split_seed``, are the val split."""
 
     class Params(Params):
         root: Path
         image_size: int = Field(224, ge=8)
         train_dir: str = "train"
-        eval_dir: str = "val"
+        #: The val folder, used when it exists; "" always holds val out of the train images.
+        val_dir: str = "val"
+        #: Share of the train images held out as val when there is no val folder.
+        val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+        split_seed: int = 0
+        test_dir: str = "test"
         augment: AugmentParams = AugmentParams(flip=True)
+
+        @model_validator(mode="after")
+        def _distinct_folders(self):
+            folders = [d for d in (self.train_dir, self.val_dir, self.test_dir) if d]
+            if len(set(folders)) != len(folders):
+                raise ValueError(f"train_dir, val_dir and test_dir must name different folders, got "
+                                 f"{self.train_dir!r}, {self.val_dir!r}, {self.test_dir!r}")
+            return self
 
     EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
     def check(self) -> None:
-        for sub in (self.params.train_dir, self.params.eval_dir):
+        for sub in (self.params.train_dir, self.params.test_dir):
             folder = self.params.root / sub
             if not folder.is_dir():
                 raise DataError(f"data.params.root: folder not found: '{folder}'")
@@ -228,6 +284,9 @@ class ImageFolder(_Classification):
         return DataInfo(task="classification", in_channels=3, num_classes=len(self.classes),
                         class_names=tuple(self.classes))
 
+    def has_val_folder(self) -> bool:
+        return bool(self.params.val_dir) and (self.params.root / self.params.val_dir).is_dir()
+
     def _samples(self, sub: str) -> list[tuple[Path, int]]:
         samples = []
         for label, name in enumerate(self.classes):
@@ -236,36 +295,50 @@ class ImageFolder(_Classification):
                 samples += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in self.EXTENSIONS]
         return samples
 
-    @cached_property
-    def _checked(self) -> dict[str, list[tuple[Path, int]]]:
-        """Under ``on_bad_sample = "skip"``, each split's samples with the unreadable files left
-        out (every image is decoded once, up front); memoised per split."""
-        return {}
+    def _readable(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+        """Under ``on_bad_sample = "skip"``, ``samples`` without the unreadable files (every image
+        is decoded once, up front); otherwise ``samples`` as they are."""
+        if self.on_bad_sample != "skip":
+            return samples
+        kept = []
+        for path, label in samples:
+            try:
+                read_image(path)
+            except DataError as exc:
+                self.bad_sample(exc)
+                continue
+            kept.append((path, label))
+        return kept
 
-    def _split(self, sub: str) -> FolderImages:
-        samples = self._samples(sub)
-        if self.on_bad_sample == "skip":
-            if sub not in self._checked:
-                kept = []
-                for path, label in samples:
-                    try:
-                        read_image(path)
-                    except DataError as exc:
-                        self.bad_sample(exc)
-                        continue
-                    kept.append((path, label))
-                self._checked[sub] = kept
-            samples = self._checked[sub]
-        return FolderImages(samples, self.params.image_size, self.mean, self.std)
+    @cached_property
+    def _splits(self) -> dict[str, list[tuple[Path, int]]]:
+        p = self.params
+        train = self._readable(self._samples(p.train_dir))
+        if self.has_val_folder():
+            val = self._readable(self._samples(p.val_dir))
+        else:
+            count = fraction_count(len(train), p.val_fraction)
+            if count >= len(train):
+                raise DataError(f"{p.root / p.train_dir}: {len(train)} images are too few to hold out "
+                                f"a val split; add a '{p.val_dir or 'val'}' folder")
+            train, val = holdout(train, count, p.split_seed)
+        return {"train": train, "val": val, "test": self._readable(self._samples(p.test_dir))}
+
+    def _dataset(self, split: str) -> FolderImages:
+        return FolderImages(self._splits[split], self.params.image_size, self.mean, self.std)
 
     def fingerprint(self) -> dict:
-        """Every image file of the train and eval folders."""
+        """Every image file of the train, val (when a folder) and test folders."""
         p = self.params
-        files = [path for sub in dict.fromkeys((p.train_dir, p.eval_dir)) for path, _ in self._samples(sub)]
+        subs = [p.train_dir, *([p.val_dir] if self.has_val_folder() else []), p.test_dir]
+        files = [path for sub in subs for path, _ in self._samples(sub)]
         return fingerprint_files(files, p.root)
 
     def train_set(self):
-        return self._split(self.params.train_dir)
+        return self._dataset("train")
 
-    def eval_set(self):
-        return self._split(self.params.eval_dir)
+    def val_set(self):
+        return self._dataset("val")
+
+    def test_set(self):
+        return self._dataset("test")

@@ -6,11 +6,13 @@
     <root>/groundTruth/{train,val,test}/<id>.mat   # groundTruth: 1xK cell of structs with
                                                    # fields Segmentation and Boundaries
 
-Images are decoded once per process and kept in memory (uint8, boundaries bit-packed). Training
-items are random square crops, flipped and resized to ``size``; the target is the mean of the
-annotators (soft) or their consensus. Evaluation items are whole images at native resolution with
-every annotator, as the benchmark wants; portrait images are transposed to landscape so that a
-batch holds one size (the boundary F-measure does not change under a transpose).
+The official splits are the provider's splits: train on ``train``, choose on ``val``, report
+``test``. Images are decoded once per process and kept in memory (uint8, boundaries bit-packed).
+Training items are random square crops, flipped and resized to ``size``; the target is the mean
+of the annotators (soft) or their consensus. Val and test items are whole images, in their own
+orientation, with every annotator, as the benchmark wants; a batch that mixes portrait and
+landscape images comes as lists and is predicted one image at a time (see
+:func:`kdengine_edges.transforms.collate_edges`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdengine import DataError, Params
 from kdengine import fingerprint_files
@@ -140,8 +142,6 @@ class BSDSEval(torch.utils.data.Dataset):
         record = self.records[index]
         image = record.image.float() / 255.0
         annotators = record.annotators().float()
-        if image.shape[1] > image.shape[2]:
-            image, annotators = image.transpose(1, 2), annotators.transpose(1, 2)
         if self.scale != 1.0:
             height = max(1, round(image.shape[1] * self.scale))
             width = max(1, round(image.shape[2] * self.scale))
@@ -152,7 +152,7 @@ class BSDSEval(torch.utils.data.Dataset):
 
 
 class BSDS500(EdgeProvider):
-    """BSDS500 in the official layout: train on train+val, evaluate on test (every annotator)."""
+    """BSDS500 in the official layout: train on train, choose on val, report test (every annotator)."""
 
     summary = "Berkeley Segmentation Dataset 500 (official layout, all annotators)"
 
@@ -166,24 +166,41 @@ class BSDS500(EdgeProvider):
         )
         consensus: float = Field(0.5, gt=0.0, le=1.0,
                                  description="share of annotators needed with target=consensus")
-        train_splits: tuple[Split, ...] = ("train", "val")
-        eval_splits: tuple[Split, ...] = ("test",)
-        eval_scale: float = Field(1.0, gt=0.0, le=1.0,
+        train_splits: tuple[Split, ...] = ("train",)
+        val_splits: tuple[Split, ...] = ("val",)
+        test_splits: tuple[Split, ...] = ("test",)
+        val_scale: float = Field(1.0, gt=0.0, le=1.0,
+                                 description="resolution of the val images (1.0 = native)")
+        val_limit: Optional[int] = Field(None, ge=1, description="use the first N val images only")
+        test_scale: float = Field(1.0, gt=0.0, le=1.0,
                                   description="1.0 = native resolution (the benchmark)")
-        eval_limit: Optional[int] = Field(None, ge=1,
-                                          description="evaluate on the first N images only")
+        test_limit: Optional[int] = Field(None, ge=1, description="use the first N test images only")
         download: bool = Field(False, description="fetch the official archive if root is missing")
 
-        @field_validator("train_splits", "eval_splits")
+        @field_validator("train_splits", "val_splits", "test_splits")
         @classmethod
         def _not_empty(cls, value):
             if not value:
                 raise ValueError("give at least one split")
             return value
 
+        @model_validator(mode="after")
+        def _disjoint(self):
+            roles = {"train_splits": self.train_splits, "val_splits": self.val_splits,
+                     "test_splits": self.test_splits}
+            for split in ("train", "val", "test"):
+                users = [name for name, splits in roles.items() if split in splits]
+                if len(users) > 1:
+                    raise ValueError(f"the '{split}' split is in both {users[0]} and {users[1]}; "
+                                     "train, val and test must not share images")
+            return self
+
+        def used_splits(self) -> tuple[str, ...]:
+            return self.train_splits + self.val_splits + self.test_splits
+
     def _folders(self) -> list[Path]:
         root = self.params.root
-        splits = dict.fromkeys(self.params.train_splits + self.params.eval_splits)
+        splits = self.params.used_splits()
         return [root / kind / split for split in splits for kind in ("images", "groundTruth")]
 
     def check(self) -> None:
@@ -213,7 +230,7 @@ class BSDS500(EdgeProvider):
         """Every image and ground-truth file of the splits this recipe uses."""
         root = self.params.root
         files = []
-        for split in dict.fromkeys(self.params.train_splits + self.params.eval_splits):
+        for split in self.params.used_splits():
             for image in split_images(root, split):
                 files.append(image)
                 mat = ground_truth_path(root, split, image)
@@ -225,12 +242,17 @@ class BSDS500(EdgeProvider):
         p = self.params
         return BSDSTrain(self._records(p.train_splits), p.size, p.min_scale, p.target, p.consensus)
 
-    def eval_set(self) -> torch.utils.data.Dataset:
+    def _evaluation(self, splits, limit: int | None, scale: float) -> BSDSEval:
+        records = self._records(splits)[:limit]
+        return BSDSEval(records, scale, self.params.target, self.params.consensus)
+
+    def val_set(self) -> torch.utils.data.Dataset:
         p = self.params
-        records = self._records(p.eval_splits)
-        if p.eval_limit is not None:
-            records = records[: p.eval_limit]
-        return BSDSEval(records, p.eval_scale, p.target, p.consensus)
+        return self._evaluation(p.val_splits, p.val_limit, p.val_scale)
+
+    def test_set(self) -> torch.utils.data.Dataset:
+        p = self.params
+        return self._evaluation(p.test_splits, p.test_limit, p.test_scale)
 
 
 def download_bsds500(root: Path, url: str = BSDS_URL) -> None:

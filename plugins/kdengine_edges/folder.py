@@ -4,8 +4,9 @@
 
     <train_images>/<name>.<jpg|png|...>    <train_edges>/<name>.<png|...>   (white = edge)
 
-The evaluation split is its own pair of folders, or, when those are not given, the last
-``eval_fraction`` of the training pairs (sorted by name).
+The test split is its own pair of folders, or, when those are not given, the last
+``test_fraction`` of the training pairs (sorted by name). The val split is its own pair of
+folders too, or a ``val_fraction`` of the remaining training pairs drawn under ``split_seed``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Optional
 import torch
 from pydantic import Field, model_validator
 
-from kdengine import DataError, Params
+from kdengine import DataError, Params, fraction_count, holdout
 from kdengine import fingerprint_files
 
 from kdengine_edges.provider import EdgeProvider
@@ -101,10 +102,15 @@ class EdgeFolder(EdgeProvider):
     class Params(Params):
         train_images: Path
         train_edges: Path
-        eval_images: Optional[Path] = None
-        eval_edges: Optional[Path] = None
-        eval_fraction: float = Field(0.1, gt=0.0, lt=1.0,
-                                     description="held out when no eval folders are given")
+        val_images: Optional[Path] = None
+        val_edges: Optional[Path] = None
+        val_fraction: float = Field(0.1, gt=0.0, lt=1.0,
+                                    description="held out at random when no val folders are given")
+        split_seed: int = Field(0, description="seed of the val hold-out (fixed across run seeds)")
+        test_images: Optional[Path] = None
+        test_edges: Optional[Path] = None
+        test_fraction: float = Field(0.1, gt=0.0, lt=1.0,
+                                     description="held out (last by name) when no test folders are given")
         size: int = Field(256, ge=16, le=2048, description="side of the square training crops")
         min_scale: float = Field(0.6, gt=0.0, le=1.0)
         soft: bool = Field(False, description="keep grey mask values as soft targets")
@@ -112,15 +118,25 @@ class EdgeFolder(EdgeProvider):
 
         @model_validator(mode="after")
         def _both_or_neither(self):
-            if (self.eval_images is None) != (self.eval_edges is None):
-                raise ValueError("give both eval_images and eval_edges, or neither")
+            for split in ("val", "test"):
+                if (getattr(self, f"{split}_images") is None) != (getattr(self, f"{split}_edges") is None):
+                    raise ValueError(f"give both {split}_images and {split}_edges, or neither")
+            given = [p.resolve() for p in (self.train_images, self.val_images, self.test_images) if p is not None]
+            if len(set(given)) != len(given):
+                raise ValueError("train_images, val_images and test_images must be different folders")
             return self
 
+        def folder_pairs(self) -> list[tuple[Path, Path]]:
+            """The (images, edges) folders given, train first."""
+            pairs = [(self.train_images, self.train_edges), (self.val_images, self.val_edges),
+                     (self.test_images, self.test_edges)]
+            return [(images, edges) for images, edges in pairs if images is not None]
+
     def check(self) -> None:
-        p = self.params
-        for folder in (p.train_images, p.train_edges, p.eval_images, p.eval_edges):
-            if folder is not None and not folder.is_dir():
-                raise DataError(f"{folder}: folder not found")
+        for pair in self.params.folder_pairs():
+            for folder in pair:
+                if not folder.is_dir():
+                    raise DataError(f"{folder}: folder not found")
 
     def _items(self, images: Path, edges: Path):
         p = self.params
@@ -131,27 +147,36 @@ class EdgeFolder(EdgeProvider):
         return items
 
     def fingerprint(self) -> dict:
-        """Every image and edge mask of the train (and eval) folders."""
-        p = self.params
+        """Every image and edge mask of the train (and val and test) folders."""
         files = []
-        for images, edges in ((p.train_images, p.train_edges), (p.eval_images, p.eval_edges)):
-            if images is not None:
-                files += [f for pair in pair_files(images, edges) for f in pair if f is not None]
+        for images, edges in self.params.folder_pairs():
+            files += [f for pair in pair_files(images, edges) for f in pair if f is not None]
         return fingerprint_files(files)
 
-    def _split(self):
+    def _split(self) -> dict[str, tuple]:
         p = self.params
-        items = self._items(p.train_images, p.train_edges)
-        if p.eval_images is not None:
-            return items, self._items(p.eval_images, p.eval_edges)
-        held = max(1, round(len(items) * p.eval_fraction))
-        if held >= len(items):
-            raise DataError(f"{p.train_images}: too few images ({len(items)}) to hold out an "
-                            "evaluation split; give eval_images and eval_edges")
-        return items[:-held], items[-held:]
+        items = list(self._items(p.train_images, p.train_edges))
+        if p.test_images is not None:
+            test = list(self._items(p.test_images, p.test_edges))
+        else:
+            held = fraction_count(len(items), p.test_fraction)
+            items, test = items[:-held], items[-held:]
+        if p.val_images is not None:
+            val = list(self._items(p.val_images, p.val_edges))
+        else:
+            held = fraction_count(len(items), p.val_fraction) if items else 0
+            items, val = holdout(items, held, p.split_seed)
+        if not items or not val or not test:
+            raise DataError(f"{p.train_images}: too few images ({len(self._items(p.train_images, p.train_edges))}) "
+                            "to hold out val and test splits; give val_images/val_edges and "
+                            "test_images/test_edges")
+        return {"train": items, "val": val, "test": test}
 
     def train_set(self) -> torch.utils.data.Dataset:
-        return FolderTrain(self._split()[0], self.params.size, self.params.min_scale)
+        return FolderTrain(self._split()["train"], self.params.size, self.params.min_scale)
 
-    def eval_set(self) -> torch.utils.data.Dataset:
-        return FolderEval(self._split()[1], self.params.threshold)
+    def val_set(self) -> torch.utils.data.Dataset:
+        return FolderEval(self._split()["val"], self.params.threshold)
+
+    def test_set(self) -> torch.utils.data.Dataset:
+        return FolderEval(self._split()["test"], self.params.threshold)

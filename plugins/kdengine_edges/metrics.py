@@ -1,8 +1,9 @@
 """Edge metrics: Dice at 0.5 and the BSDS ODS/OIS F-measure, as torchmetrics metrics.
 
 Both take the model's logits ``(B, 1, H, W)`` and either a target tensor ``(B, 1, H, W)`` or the
-evaluation dict ``{"mask", "annotators"}`` of :mod:`kdengine_edges.transforms`; negative target
-values are padding and are ignored.
+evaluation dict ``{"mask", "annotators"}`` of :mod:`kdengine_edges.transforms`, or lists of
+per-image logits and targets (images of different sizes); negative target values are padding and
+are ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torchmetrics.functional.classification import binary_stat_scores
 from kdengine import DataInfo, Metric, Params
 
 from kdengine_edges.boundary import default_max_dist, image_counts, ods_ois, thresholds
-from kdengine_edges.transforms import split_targets
+from kdengine_edges.transforms import per_image_batches, split_targets
 
 
 class DiceScore(torchmetrics.Metric):
@@ -33,7 +34,11 @@ class DiceScore(torchmetrics.Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64),
                            dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, targets) -> None:
+    def update(self, logits, targets) -> None:
+        for batch_logits, batch_targets in per_image_batches(logits, targets):
+            self._update(batch_logits, batch_targets)
+
+    def _update(self, logits: torch.Tensor, targets) -> None:
         mask, _ = split_targets(targets)
         probs = torch.sigmoid(logits.detach().float())
         target = torch.where(mask < 0, -1, (mask >= self.target_threshold).long())
@@ -81,7 +86,11 @@ class BoundaryF(torchmetrics.Metric):
         self.tolerance = tolerance
         self.add_state("counts", default=[], dist_reduce_fx="cat")
 
-    def update(self, logits: torch.Tensor, targets) -> None:
+    def update(self, logits, targets) -> None:
+        for batch_logits, batch_targets in per_image_batches(logits, targets):
+            self._update(batch_logits, batch_targets)
+
+    def _update(self, logits: torch.Tensor, targets) -> None:
         _, annotators = split_targets(targets)
         probs = torch.sigmoid(logits.detach().float()).cpu().numpy()[:, 0]
         annotators = annotators.detach().cpu().numpy()

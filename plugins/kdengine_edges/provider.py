@@ -18,7 +18,7 @@ FIGURE_ROWS = 4
 
 
 class EdgeProvider(DatasetProvider):
-    """Base of the edge datasets; subclasses implement ``train_set``/``eval_set``/``check``."""
+    """Base of the edge datasets; subclasses implement ``train_set``/``val_set``/``test_set``/``check``."""
 
     def info(self) -> DataInfo:
         return DataInfo(task="edges", in_channels=3, num_classes=1)
@@ -26,11 +26,15 @@ class EdgeProvider(DatasetProvider):
     def collate_fn(self) -> Callable:
         return collate_edges
 
-    def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    def predict(self, model: nn.Module, inputs):
+        """Logits of a batch; a list of images of different sizes is predicted one image at a time."""
+        if isinstance(inputs, (list, tuple)):
+            return [model(image[None])[0] for image in inputs]
         return model(inputs)
 
     def sample_figure(self, models: dict[str, nn.Module], path: Path) -> Path | None:
-        dataset = self.eval_set()
+        """The first test images as they are (a portrait image stays portrait)."""
+        dataset = self.test_set()
         samples = []
         for index in range(min(FIGURE_ROWS, len(dataset))):
             image, target = dataset[index]

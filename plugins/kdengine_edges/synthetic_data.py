@@ -58,7 +58,8 @@ class SyntheticEdges(EdgeProvider):
     class Params(Params):
         size: int = Field(64, ge=16, le=1024, description="image side in pixels")
         train_size: int = Field(256, ge=1, description="number of training images")
-        eval_size: int = Field(64, ge=1, description="number of evaluation images")
+        val_size: int = Field(64, ge=1, description="number of validation images")
+        test_size: int = Field(64, ge=1, description="number of test images")
         seed: int = Field(0, ge=0, description="data seed (fixed across run seeds)")
         min_shapes: int = Field(3, ge=0)
         max_shapes: int = Field(7, ge=0)
@@ -69,7 +70,7 @@ class SyntheticEdges(EdgeProvider):
         label_miss: float = Field(
             0.0, ge=0.0, lt=1.0,
             description="training labels only: chance that the (simulated) annotator leaves a "
-            "region's outline out, as BSDS annotators do; evaluation always uses every boundary",
+            "region's outline out, as BSDS annotators do; val and test always use every boundary",
         )
 
         @model_validator(mode="after")
@@ -87,8 +88,11 @@ class SyntheticEdges(EdgeProvider):
     def train_set(self) -> torch.utils.data.Dataset:
         return SyntheticEdgeSet(*self._split("train", self.params.train_size), train=True)
 
-    def eval_set(self) -> torch.utils.data.Dataset:
-        return SyntheticEdgeSet(*self._split("eval", self.params.eval_size), train=False)
+    def val_set(self) -> torch.utils.data.Dataset:
+        return SyntheticEdgeSet(*self._split("val", self.params.val_size), train=False)
+
+    def test_set(self) -> torch.utils.data.Dataset:
+        return SyntheticEdgeSet(*self._split("test", self.params.test_size), train=False)
 
     def fingerprint(self) -> str:
         """Generated data: the parameters that generate it."""

@@ -4,8 +4,9 @@ Conventions of the edge plugin:
 - a training item is ``(image 3xHxW float in [0, 1], target 1xHxW float in [0, 1])``;
 - an evaluation item is ``(image, {"mask": 1xHxW, "annotators": KxHxW})``: ``mask`` is the
   training-style target (for Dice), ``annotators`` holds each human (or simulated) annotator's
-  binary boundary map (for ODS/OIS). :func:`collate_edges` pads batches of mixed sizes and
-  annotator counts with ``PAD`` (-1), which the metrics ignore.
+  binary boundary map (for ODS/OIS). :func:`collate_edges` pads mixed annotator counts with
+  ``PAD`` (-1), which the metrics ignore; images of different sizes (a portrait and a landscape
+  photograph) stay lists, so each is predicted and scored in its own shape and orientation.
 """
 
 from __future__ import annotations
@@ -63,21 +64,40 @@ def _pad_to(t: torch.Tensor, channels: int, height: int, width: int, value: floa
 
 
 def collate_edges(batch):
-    """Stack a batch; pads images (with 0) and targets (with ``PAD``) to the largest size."""
+    """Stack a batch of same-size items (padding annotator counts with ``PAD``); items of
+    different sizes come back as ``(list of images, list of targets)``.
+
+    Padding a portrait image to a landscape batch (or transposing it) would change what the model
+    sees and what the figures show; a list keeps every image as it is, and
+    :meth:`EdgeProvider.predict` and the metrics take lists one image at a time.
+    """
     images = [item[0] for item in batch]
-    height = max(i.shape[-2] for i in images)
-    width = max(i.shape[-1] for i in images)
-    inputs = torch.stack([_pad_to(i, i.shape[0], height, width, 0.0) for i in images])
     targets = [item[1] for item in batch]
+    if any(i.shape[-2:] != images[0].shape[-2:] for i in images):
+        return images, targets
+    height, width = images[0].shape[-2:]
+    inputs = torch.stack(images)
     if isinstance(targets[0], dict):
         k = max(t["annotators"].shape[0] for t in targets)
         return inputs, {
-            "mask": torch.stack([_pad_to(t["mask"], 1, height, width, PAD) for t in targets]),
+            "mask": torch.stack([t["mask"] for t in targets]),
             "annotators": torch.stack(
                 [_pad_to(t["annotators"], k, height, width, PAD) for t in targets]
             ),
         }
     return inputs, torch.stack([_pad_to(t, t.shape[0], height, width, PAD) for t in targets])
+
+
+def per_image_batches(logits, targets):
+    """``(logits, targets)`` as batches the metrics update on: the batch itself, or, for lists of
+    images of different sizes, one batch of one per image."""
+    if isinstance(logits, torch.Tensor):
+        return [(logits, targets)]
+    out = []
+    for logit, target in zip(logits, targets):
+        target = {k: v[None] for k, v in target.items()} if isinstance(target, dict) else target[None]
+        out.append((logit[None], target))
+    return out
 
 
 def eval_target(mask: torch.Tensor, annotators: torch.Tensor) -> dict[str, torch.Tensor]:

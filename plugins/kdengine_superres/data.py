@@ -2,11 +2,15 @@
 
 - ``sr_folder``: a folder of HR images (DIV2K/BSDS-style); LR made on the fly (see :mod:`.degrade`).
 - ``sr_paired``: Set5-style HR/LR pairs (``HR/<name>.png`` + ``LR_bicubic/X<s>/<name>x<s>.png``).
-- ``skimage_sr``: photographs that ship with scikit-image, split into train and eval images.
+- ``skimage_sr``: photographs that ship with scikit-image, split into train, val and test images.
+
+Train, val and test never share an image. The folder datasets take val and test from folders of
+their own (``val_root``, ``test_root``) or hold them out of ``root``: the last ``test_holdout``
+images by name are test, and ``val_fraction`` of the others, drawn under ``split_seed``, val.
 
 Train items are random HR patches (``patch`` px, random flips and 90 degree rotations) with their
-LR; eval items are full (mod-cropped) images, so batches of eval images of different sizes come as
-lists (see :func:`collate`) and :meth:`SRProvider.predict` runs tiled inference on each.
+LR; val and test items are full (mod-cropped) images, so batches of images of different sizes come
+as lists (see :func:`collate`) and :meth:`SRProvider.predict` runs tiled inference on each.
 Images are decoded once and kept in memory as uint8.
 """
 
@@ -22,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
-from kdengine import DataError, DataInfo, DatasetProvider, Params
+from kdengine import DataError, DataInfo, DatasetProvider, Params, fraction_count, holdout
 from kdengine import fingerprint_files
 
 from .degrade import as_rgb_uint8, degrade, list_images, mod_crop, read_rgb, to_tensor
@@ -40,7 +44,7 @@ class SRParams(Params):
     patches_per_image: int = Field(default=16, ge=1)
     #: Random horizontal/vertical flips and transposition of train patches.
     augment: bool = True
-    #: Tiled inference on eval images: LR tile side and overlap, in LR pixels (0 = whole image).
+    #: Tiled inference on val and test images: LR tile side and overlap, in LR pixels (0 = whole image).
     tile: int = Field(default=96, ge=0)
     tile_overlap: int = Field(default=8, ge=0)
 
@@ -176,12 +180,13 @@ def read_pair(hr_path: Path, lr_dir: Path, scale: int) -> tuple[np.ndarray, np.n
 
 
 def read_pairs(root: Path, scale: int, bad_sample: Callable[[DataError], None] | None = None,
-               ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
-    """Read a Set5-style tree: ``HR/<name>.<ext>`` with ``LR_bicubic/X<s>/<name>x<s>.<ext>``.
-    A bad pair raises its DataError, or goes to ``bad_sample`` and is left out."""
+               hr_files: list[Path] | None = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Read a Set5-style tree: ``HR/<name>.<ext>`` with ``LR_bicubic/X<s>/<name>x<s>.<ext>`` (only
+    the pairs of ``hr_files``, when given). A bad pair raises its DataError, or goes to
+    ``bad_sample`` and is left out."""
     hr_dir, lr_dir = paired_dirs(root, scale)
     pairs, names = [], []
-    for hr_path in list_images(hr_dir):
+    for hr_path in list_images(hr_dir) if hr_files is None else hr_files:
         try:
             pairs.append(read_pair(hr_path, lr_dir, scale))
         except DataError as exc:
@@ -195,10 +200,20 @@ def read_pairs(root: Path, scale: int, bad_sample: Callable[[DataError], None] |
     return pairs, names
 
 
-def paired_files(root: Path, scale: int) -> list[Path]:
-    """Every image of a Set5-style tree at one scale (HR and LR), for the data fingerprint."""
+def paired_set(root: Path, scale: int) -> Dataset:
+    """Every (LR, HR) pair of a Set5-style tree as whole images: a benchmark set, for scoring
+    outside a run (in a run it is the test_root of ``sr_folder`` or ``sr_paired``)."""
+    return PairedDataset(*read_pairs(Path(root), scale), SRParams(scale=scale, patch=16 * scale))
+
+
+def paired_files(root: Path, scale: int, hr_files: list[Path] | None = None) -> list[Path]:
+    """The images of a Set5-style tree at one scale (HR and LR; only the pairs of ``hr_files``,
+    when given), for the data fingerprint."""
     hr_dir, lr_dir = paired_dirs(root, scale)
-    return list_images(hr_dir) + list_images(lr_dir)
+    if hr_files is None:
+        return list_images(hr_dir) + list_images(lr_dir)
+    stems = {f"{p.stem}x{scale}" for p in hr_files}
+    return list(hr_files) + [p for p in list_images(lr_dir) if p.stem in stems]
 
 
 def paired_dirs(root: Path, scale: int) -> tuple[Path, Path]:
@@ -237,7 +252,7 @@ class SRProvider(DatasetProvider):
     def sample_figure(self, models: dict[str, nn.Module], path: Path) -> Path | None:
         from .figure import draw_sr_figure
 
-        dataset = self.eval_set()
+        dataset = self.test_set()
         if len(dataset) == 0:
             return None
         lr, hr = dataset[0]
@@ -250,17 +265,56 @@ class SRProvider(DatasetProvider):
         return draw_sr_figure(lr, hr, outputs, Path(path), self.params.scale)
 
 
-class SRFolder(SRProvider):
-    """HR image folder (DIV2K/BSDS-style) degraded on the fly; eval from eval_root or held-out images."""
+class HeldOutParams(SRParams):
+    """Where the val and test images of a folder dataset come from."""
 
-    class Params(SRParams):
-        root: Path
-        #: Eval images: a Set5-style paired tree (HR/ + LR_bicubic/X<s>/) or another HR folder.
-        eval_root: Path | None = None
-        #: Without eval_root, the last ``holdout`` images of root (sorted by name) are the eval split.
-        holdout: int = Field(default=5, ge=1)
-        #: Use at most this many train images (sorted by name), for quick runs.
-        max_images: int | None = Field(default=None, ge=1)
+    root: Path
+    #: Val images: a folder of their own; without it, val_fraction of root's non-test images.
+    val_root: Path | None = None
+    #: Test images: a folder of their own; without it, the last test_holdout images of root.
+    test_root: Path | None = None
+    test_holdout: int = Field(default=5, ge=1)
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    #: Seed of the val draw (a data parameter: fixed across run seeds).
+    split_seed: int = 0
+    #: Use at most this many of root's non-test images (sorted by name) for train and val.
+    max_images: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_roots(self):
+        given = [p.resolve() for p in (self.root, self.val_root, self.test_root) if p is not None]
+        if len(set(given)) != len(given):
+            raise ValueError("root, val_root and test_root must be different folders")
+        return self
+
+
+def held_out(items: list, params: HeldOutParams, where: Path) -> dict[str, list]:
+    """Split ``items`` (sorted by name) of ``root``: test is the last ``test_holdout`` unless
+    there is a test_root, val a seeded ``val_fraction`` of the rest unless there is a val_root,
+    train the others. A split that comes from its own folder is empty here."""
+    items, test = list(items), []
+    if params.test_root is None:
+        if len(items) <= params.test_holdout:
+            raise DataError(f"{where}: {len(items)} images; need more than test_holdout="
+                            f"{params.test_holdout} (or give test_root)")
+        items, test = items[: -params.test_holdout], items[-params.test_holdout:]
+    items = items[: params.max_images]
+    val = []
+    if params.val_root is None:
+        count = fraction_count(len(items), params.val_fraction)
+        if count >= len(items):
+            raise DataError(f"{where}: {len(items)} images left for train and val; too few to hold "
+                            "out a val split (give val_root)")
+        items, val = holdout(items, count, params.split_seed)
+    return {"train": items, "val": val, "test": test}
+
+
+class SRFolder(SRProvider):
+    """HR image folder (DIV2K/BSDS-style) degraded on the fly; val and test from folders of their
+    own or held out of it."""
+
+    #: val_root and test_root may be Set5-style paired trees (HR/ + LR_bicubic/X<s>/) or HR folders.
+    Params = HeldOutParams
 
     def check(self) -> None:
         p = self.params
@@ -268,26 +322,23 @@ class SRFolder(SRProvider):
             raise DataError(f"{p.root}: HR image folder not found")
         if not list_images(p.root):
             raise DataError(f"{p.root}: no images (.png/.jpg/...) found")
-        if p.eval_root is not None:
-            if is_paired_tree(p.eval_root):
-                paired_dirs(p.eval_root, p.scale)
-            elif not p.eval_root.is_dir():
-                raise DataError(f"{p.eval_root}: eval folder not found")
+        for folder in (p.val_root, p.test_root):
+            if folder is not None:
+                if is_paired_tree(folder):
+                    paired_dirs(folder, p.scale)
+                elif not folder.is_dir():
+                    raise DataError(f"{folder}: folder not found")
 
     @cached_property
-    def _split(self) -> tuple[list[Path], list[Path]]:
+    def _split(self) -> dict[str, list[Path]]:
+        """The files of root in each split (a split from its own folder: that folder's HR files)."""
         self.check()
-        files = list_images(self.params.root)
-        if self.params.eval_root is None:
-            if len(files) <= self.params.holdout:
-                raise DataError(f"{self.params.root}: {len(files)} images; need more than holdout="
-                                f"{self.params.holdout} (or give eval_root)")
-            files, held = files[: -self.params.holdout], files[-self.params.holdout:]
-        else:
-            held = [] if is_paired_tree(self.params.eval_root) else list_images(self.params.eval_root)
-        if self.params.max_images:
-            files = files[: self.params.max_images]
-        return files, held
+        p = self.params
+        split = held_out(list_images(p.root), p, p.root)
+        for name, folder in (("val", p.val_root), ("test", p.test_root)):
+            if folder is not None and not is_paired_tree(folder):
+                split[name] = list_images(folder)
+        return split
 
     def _read(self, files: list[Path], patch: int | None = None) -> tuple[list[np.ndarray], list[Path]]:
         """The decodable images among ``files`` (at least ``patch`` px on each side, if given)
@@ -308,54 +359,87 @@ class SRFolder(SRProvider):
 
     @cached_property
     def _train(self) -> Dataset:
-        images, files = self._read(self._split[0], self.params.patch)
+        images, files = self._read(self._split["train"], self.params.patch)
         return PatchDataset(images, [str(f) for f in files], self.params)
+
+    def _whole_images(self, split: str, folder: Path | None) -> Dataset:
+        p = self.params
+        if folder is not None and is_paired_tree(folder):
+            pairs, names = read_pairs(folder, p.scale, self.bad_sample)
+            return PairedDataset(pairs, names, p)
+        images, files = self._read(self._split[split])
+        return FullImageDataset(images, [f.stem for f in files], p)
+
+    @cached_property
+    def _val(self) -> Dataset:
+        return self._whole_images("val", self.params.val_root)
+
+    @cached_property
+    def _test(self) -> Dataset:
+        return self._whole_images("test", self.params.test_root)
 
     def train_set(self) -> Dataset:
         return self._train
 
-    @cached_property
-    def _eval(self) -> Dataset:
-        p = self.params
-        if p.eval_root is not None and is_paired_tree(p.eval_root):
-            pairs, names = read_pairs(p.eval_root, p.scale, self.bad_sample)
-            return PairedDataset(pairs, names, p)
-        images, held = self._read(self._split[1])
-        return FullImageDataset(images, [f.stem for f in held], p)
+    def val_set(self) -> Dataset:
+        return self._val
 
-    def eval_set(self) -> Dataset:
-        return self._eval
+    def test_set(self) -> Dataset:
+        return self._test
 
     def fingerprint(self) -> dict:
-        """The train and eval images this recipe reads (a paired eval tree: HR and LR)."""
-        files, held = self._split
+        """The train, val and test images this recipe reads (a paired tree: HR and LR)."""
         p = self.params
-        if p.eval_root is not None and is_paired_tree(p.eval_root):
-            held = paired_files(p.eval_root, p.scale)
-        return fingerprint_files(files + held)
+        files = list(self._split["train"])
+        for name, folder in (("val", p.val_root), ("test", p.test_root)):
+            paired = folder is not None and is_paired_tree(folder)
+            files += paired_files(folder, p.scale) if paired else self._split[name]
+        return fingerprint_files(files)
 
 
 class SRPaired(SRProvider):
-    """Set5-style paired folder (HR/ + LR_bicubic/X<s>/): whole images for eval, aligned patches for train."""
+    """Set5-style paired folders (HR/ + LR_bicubic/X<s>/): aligned patches of the train pairs,
+    whole images for val and test, which come from paired trees of their own or are held out of
+    ``root`` (train never sees them)."""
 
-    class Params(SRParams):
-        root: Path
+    #: root, val_root and test_root are all Set5-style paired trees.
+    Params = HeldOutParams
 
     def check(self) -> None:
-        paired_dirs(self.params.root, self.params.scale)
+        p = self.params
+        for folder in (p.root, p.val_root, p.test_root):
+            if folder is not None:
+                paired_dirs(folder, p.scale)
 
     @cached_property
-    def _pairs(self):
-        return read_pairs(self.params.root, self.params.scale, self.bad_sample)
+    def _split(self) -> dict[str, tuple[Path, list[Path]]]:
+        """Each split's paired tree and its HR files."""
+        self.check()
+        p = self.params
+        hr_dir, _ = paired_dirs(p.root, p.scale)
+        split = {name: (p.root, files) for name, files in held_out(list_images(hr_dir), p, hr_dir).items()}
+        for name, folder in (("val", p.val_root), ("test", p.test_root)):
+            if folder is not None:
+                split[name] = (folder, list_images(paired_dirs(folder, p.scale)[0]))
+        return split
+
+    @cached_property
+    def _pairs(self) -> dict[str, tuple[list, list[str]]]:
+        return {name: read_pairs(root, self.params.scale, self.bad_sample, files)
+                for name, (root, files) in self._split.items()}
 
     def fingerprint(self) -> dict:
-        return fingerprint_files(paired_files(self.params.root, self.params.scale), self.params.root)
+        files = [f for root, hr in self._split.values() for f in paired_files(root, self.params.scale, hr)]
+        return fingerprint_files(files)
 
     def train_set(self) -> Dataset:
-        return PairedDataset(*self._pairs, self.params, train=True)
+        return PairedDataset(*self._pairs["train"], self.params, train=True)
 
-    def eval_set(self) -> Dataset:
-        return PairedDataset(*self._pairs, self.params)
+    def val_set(self) -> Dataset:
+        return PairedDataset(*self._pairs["val"], self.params)
+
+    def test_set(self) -> Dataset:
+        return PairedDataset(*self._pairs["test"], self.params)
 
 
 #: scikit-image sample photographs that ship with the package (no download). The stereo
@@ -392,10 +476,13 @@ class SkimageSR(SRProvider):
             "coffee", "rocket", "chelsea", "immunohistochemistry", "hubble_deep_field", "retina",
             "camera", "brick", "gravel",
         ], min_length=1)
+        #: Two photographs neither train nor test uses (grey, replicated to RGB: every bundled
+        #: colour photograph is already train or test).
+        val_images: list[str] = Field(default_factory=lambda: ["coins", "moon"], min_length=1)
         #: The paper's figure images.
-        eval_images: list[str] = Field(default_factory=lambda: ["astronaut", "motorcycle"], min_length=1)
+        test_images: list[str] = Field(default_factory=lambda: ["astronaut", "motorcycle"], min_length=1)
 
-        @field_validator("train_images", "eval_images")
+        @field_validator("train_images", "val_images", "test_images")
         @classmethod
         def _known(cls, names: list[str]) -> list[str]:
             unknown = [n for n in names if n not in SKIMAGE_IMAGES]
@@ -405,9 +492,11 @@ class SkimageSR(SRProvider):
 
         @model_validator(mode="after")
         def _disjoint(self):
-            both = set(self.train_images) & set(self.eval_images)
-            if both:
-                raise ValueError(f"images in both train and eval: {sorted(both)}")
+            splits = {"train": self.train_images, "val": self.val_images, "test": self.test_images}
+            for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+                both = set(splits[a]) & set(splits[b])
+                if both:
+                    raise ValueError(f"images in both {a} and {b}: {sorted(both)}")
             return self
 
     def check(self) -> None:
@@ -431,19 +520,29 @@ class SkimageSR(SRProvider):
         names = self.params.train_images
         return PatchDataset(self._load(names), names, self.params)
 
-    @cached_property
-    def _eval(self) -> Dataset:
-        names = self.params.eval_images
+    def _whole_images(self, names: list[str]) -> Dataset:
         return FullImageDataset(self._load(names), names, self.params)
+
+    @cached_property
+    def _val(self) -> Dataset:
+        return self._whole_images(self.params.val_images)
+
+    @cached_property
+    def _test(self) -> Dataset:
+        return self._whole_images(self.params.test_images)
 
     def train_set(self) -> Dataset:
         return self._train
 
-    def eval_set(self) -> Dataset:
-        return self._eval
+    def val_set(self) -> Dataset:
+        return self._val
+
+    def test_set(self) -> Dataset:
+        return self._test
 
     def fingerprint(self) -> str:
         from importlib.metadata import version
 
         p = self.params
-        return f"skimage_sr: scikit-image={version('scikit-image')}, train_images={p.train_images}, eval_images={p.eval_images}"
+        return (f"skimage_sr: scikit-image={version('scikit-image')}, train_images={p.train_images}, "
+                f"val_images={p.val_images}, test_images={p.test_images}")
