@@ -40,7 +40,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "CheckpointError", "DataError", "DataInfo", "DatasetProvider", "KDEngineError", "LossContext", "LossTerm",
     "Metric", "MissingSplitError", "ModelFactory", "Params", "PluginError", "RecipeError", "TrainingError",
-    "WeightsUnavailableError", "__version__", "as_feature_map", "cache_teacher", "describe_params",
+    "WeightsUnavailableError", "__version__", "as_feature_map", "cache_teacher", "describe_params", "evaluate",
     "fingerprint_files", "fraction_count", "hookimpl", "holdout", "load_recipe", "load_weights", "make_adapter",
     "read_state_dict", "resume", "run", "table",
 ]
@@ -66,6 +66,14 @@ def resume(run_dir: Any, **kwargs: Any) -> "Results":
     from kdengine.api import resume as _resume
 
     return _resume(run_dir, **kwargs)
+
+
+def evaluate(run_dir: Any, **kwargs: Any) -> Any:
+    """Score a finished run's stages again on val or test, best or last weights; see
+    :func:`kdengine.api.evaluate`."""
+    from kdengine.api import evaluate as _evaluate
+
+    return _evaluate(run_dir, **kwargs)
 
 
 def cache_teacher(recipe: Any, **kwargs: Any) -> list:

@@ -1,4 +1,4 @@
-"""What the command line and notebooks call: run, resume, cache_teacher.
+"""What the command line and notebooks call: run, resume, evaluate, cache_teacher.
 
 ``run`` trains (or loads) the teacher, optionally trains the student from scratch as a baseline,
 then trains the same student distilled from the frozen teacher; with several seeds it repeats the
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from kdengine.errors import KDEngineError, located
+from kdengine.errors import KDEngineError
 from kdengine.io.atomic import atomic_write_text
 from kdengine.plugins.catalog import get_catalog
 from kdengine.recipe import Recipe, load_recipe
@@ -24,9 +24,10 @@ from kdengine.teacher.cache import TeacherCache
 from kdengine.teacher.cached import default_cache_root, open_teacher_cache
 from kdengine.teacher.sources import CachedTeacher
 from kdengine.train.accelerator import make_accelerator
-from kdengine.train.context import RunContext, open_dataset
+from kdengine.train.context import RunContext, open_dataset, split_of
 from kdengine.train.models import ready_to_teach
 from kdengine.train.objective import build_loss_terms, tap_paths
+from kdengine.tools.evaluate import RunScores, evaluate_run
 from kdengine.train.run import load_teacher_checkpoint, run_one
 
 RecipeSource = Recipe | str | Path | dict
@@ -80,6 +81,13 @@ def resume(run_dir: str | Path, *, progress: bool = True) -> Results:
     return run_one(recipe, recipe.run.seed, progress=progress, resume_dir=run_dir)
 
 
+def evaluate(run_dir: str | Path, *, split: str = "test", weights: str = "best", stages: list[str] | None = None,
+             metrics: list[str] | None = None) -> RunScores:
+    """Score a finished run's stages again (``kdengine evaluate``): on ``split`` ("test" or "val"),
+    with their ``weights`` ("best" or "last"), with the recipe's metrics or those named."""
+    return evaluate_run(run_dir, split=split, weights=weights, stages=stages, metrics=metrics)
+
+
 def cache_teacher(recipe: RecipeSource, *, overrides: list[str] | tuple = (), progress: bool = True,
                   output_dir: str | Path | None = None) -> list[TeacherCache]:
     """Build the teacher-output caches of a recipe whose teacher is a checkpoint, before any
@@ -96,9 +104,8 @@ def cache_teacher(recipe: RecipeSource, *, overrides: list[str] | tuple = (), pr
     provider, info = open_dataset(recipe)
     factory = get_catalog().get("teacher", recipe.teacher.name)(recipe.teacher.params)
     load_teacher_checkpoint(recipe, factory, info)  # a bad file stops here, before any work
-    with located(recipe.source, "data"):
-        train_set, eval_set = provider.train_set(), provider.eval_set()
-    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, eval_set, None, progress)
+    train_set = split_of(recipe, provider, "train")
+    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, None, None, None, progress)
     root = default_cache_root(recipe, Path(output_dir) if output_dir is not None else Path(recipe.run.output_dir))
     channels_last = recipe.teacher_train().channels_last
     source = CachedTeacher(Path(recipe.teacher.checkpoint), lambda: ready_to_teach(
@@ -109,7 +116,7 @@ def cache_teacher(recipe: RecipeSource, *, overrides: list[str] | tuple = (), pr
     for plan in plan_stages(recipe):
         if plan.teacher != "teacher":
             continue
-        loader = ctx.loaders(plan.train)[0]
+        loader = ctx.train_loader(plan.train)
         steps = min(len(loader), plan.train.max_steps_per_epoch or len(loader))
         caches.append(open_teacher_cache(ctx, plan, source, teacher_paths, steps, root))
     return caches

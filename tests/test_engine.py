@@ -58,7 +58,10 @@ def test_end_to_end_writes_the_run_folder(tiny_recipe, tmp_path):
     best = saved.stage("distilled")
     assert best.best[saved.monitor] == max(r.metrics["top1"] for r in best.history)
     table = kdengine.table(results)
-    assert "student (distilled)" in table and "compression" in table and "top1 @1" in table
+    assert "student (distilled)" in table and "compression" in table and "top1 val @1" in table
+    assert "top1 test (val-best)" in table and "top1 test (last)" in table
+    for stage in saved.stages:  # test is scored once per stage, with both weights
+        assert set(stage.test_best) == set(stage.test_last) == {"top1", "top5"}
     assert json.loads((run_dir / "recipe.json").read_text())["run"]["name"] == "tiny"
 
 

@@ -15,8 +15,11 @@ from kdengine.reporting.summary import SeedSummary, Spread, summarise
 
 def fake_results(seed: int, scratch: float, distilled: float) -> Results:
     def stage(name, value, params):
+        # val at the best and last epochs; test (scored once) lower, so that a table showing val
+        # where test belongs is caught.
         return StageResult(stage=name, model="m", params=params, best={"top1": value, "top5": 1.0},
                            last={"top1": value - 0.01, "top5": 1.0}, best_epoch=2,
+                           test_best={"top1": value - 0.05, "top5": 1.0}, test_last={"top1": value - 0.06, "top5": 1.0},
                            history=[EpochRecord(epoch=1, losses={"total": 1.0}, metrics={"top1": value})])
     return Results(name="x", run_dir=f"/runs/seed-{seed}", seed=seed, monitor="top1",
                    stages=[stage("teacher", 0.9, 1000), stage("scratch", scratch, 100), stage("distilled", distilled, 100)])
@@ -36,8 +39,12 @@ def test_summary_over_seeds_keeps_best_and_last_apart():
     assert distilled.best["top1"].mean == pytest.approx(0.7)
     assert distilled.last["top1"].mean == pytest.approx(0.69)
     table = kdengine.table(summary)
-    assert "top1 best (mean ± std)" in table and "top1 last (mean ± std)" in table
-    assert "0.7000 ± 0.1000" in table and "10.0x" in table
+    assert distilled.test_best["top1"].mean == pytest.approx(0.65)
+    assert distilled.test_last["top1"].mean == pytest.approx(0.64)
+    header = table.splitlines()[0]
+    assert header.index("top1 test (val-best)") < header.index("top1 test (last)") < header.index("top1 val (best)")
+    assert "0.6500 ± 0.1000" in table and "0.6400 ± 0.1000" in table and "0.7000 ± 0.1000" in table
+    assert "10.0x" in table and "chosen by top1 on the val split" in table
 
 
 def test_multi_seed_run_writes_summary(tiny_recipe, tmp_path, capsys):
@@ -79,7 +86,7 @@ def test_report_command_rebuilds_and_compares(tmp_path, capsys):
     assert (tmp_path / "run0" / "report.html").is_file()
     assert main(["report", str(tmp_path / "run0"), str(tmp_path / "run1")]) == 0
     out = capsys.readouterr().out
-    assert out.count("student (distilled)") >= 2 and "0.7000" in out
+    assert out.count("student (distilled)") >= 2 and "0.6500" in out
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 

@@ -148,6 +148,11 @@ class TrainSpec(_Section):
     baseline: bool = True
     #: Metric choosing the best epoch; defaults to the first metric's (first) value.
     monitor: str | None = None
+    #: The split that every choice during training is made on (best epoch, plateau schedule, a
+    #: chain's best teacher). "test" is for a quick look only: the tables then say so.
+    monitor_split: Literal["val", "test"] = "val"
+    #: Evaluate on the monitor split every N epochs (and always after the last).
+    eval_every: int = Field(1, ge=1)
     #: Epochs whose metrics are reported in the results table beside best and last.
     report_epochs: list[int] = Field(default_factory=list)
     grad_clip: float | None = Field(None, gt=0)
@@ -196,6 +201,7 @@ class TrainOverride(_Section):
     mixed_precision: MixedPrecision | None = None
     channels_last: bool | None = None
     monitor: str | None = None
+    eval_every: int | None = Field(None, ge=1)
     report_epochs: list[int] | None = None
     grad_clip: float | None = Field(None, gt=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)

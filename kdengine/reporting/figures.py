@@ -27,10 +27,10 @@ def plot_curves(results: Results, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.3), squeeze=False)
     ax_metric = axes[0][0]
     for s in trained:
-        epochs = [r.epoch for r in s.history]
-        ax_metric.plot(epochs, [r.metrics.get(results.monitor, float("nan")) for r in s.history],
+        evaluated = [r for r in s.history if r.metrics]  # train.eval_every skips some epochs
+        ax_metric.plot([r.epoch for r in evaluated], [r.metrics.get(results.monitor, float("nan")) for r in evaluated],
                        marker="o", markersize=3, label=stage_label(s.stage))
-    ax_metric.set(xlabel="epoch", ylabel=results.monitor, title=f"evaluation {results.monitor}")
+    ax_metric.set(xlabel="epoch", ylabel=results.monitor, title=f"{results.monitor_split} {results.monitor}")
     ax_metric.legend(fontsize=8)
     for ax, s in zip(axes[0][1:], trained):
         epochs = [r.epoch for r in s.history]
@@ -61,11 +61,11 @@ def plot_generations(results: Results, path: Path) -> Path | None:
     ax_params.set_ylabel("parameters (M)")
     ax_params.set_xticks(x, labels)
     ax_metric = ax_params.twinx()
-    ax_metric.plot(x, [s.best.get(results.monitor, float("nan")) for s in gens], color="#d62728",
+    ax_metric.plot(x, [s.test_best.get(results.monitor, float("nan")) for s in gens], color="#d62728",
                    marker="o", label=results.monitor)
-    ax_metric.set_ylabel(f"{results.monitor} (best)")
+    ax_metric.set_ylabel(f"{results.monitor} (test, {results.monitor_split}-best weights)")
     for xi, s in zip(x, gens):
-        ax_metric.annotate(format_value(s.best.get(results.monitor)), (xi, s.best.get(results.monitor, 0)),
+        ax_metric.annotate(format_value(s.test_best.get(results.monitor)), (xi, s.test_best.get(results.monitor, 0)),
                            textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax_params.set_title("Progressive distillation: size and accuracy per generation")
     fig.tight_layout()

@@ -9,7 +9,12 @@ from pathlib import Path
 from kdengine.io.atomic import atomic_write_text
 from kdengine.reporting.figures import plot_curves, plot_generations
 from kdengine.reporting.results import Results
-from kdengine.reporting.tables import generation_table, results_table, seed_table
+from kdengine.reporting.tables import generation_table, results_table, seed_table, split_names
+
+
+def title_note(results) -> str:
+    """A title's warning when the test split chose the epochs."""
+    return ": epochs chosen on the test split" if split_names(results)[1] == "test" else ""
 
 
 def write_report(results: Results, run_dir: Path, sample_figure: Path | None = None) -> Path:
@@ -17,12 +22,18 @@ def write_report(results: Results, run_dir: Path, sample_figure: Path | None = N
     run_dir = Path(run_dir)
     curves = plot_curves(results, run_dir / "curves.png")
     generations = plot_generations(results, run_dir / "generations.png")
-    lines = [f"# {results.name} (seed {results.seed})", "", results_table(results), ""]
+    lines = [f"# {results.name} (seed {results.seed}){title_note(results)}", "", results_table(results), ""]
     gen_table = generation_table(results)
     if gen_table:
         lines += ["## Generations", "", gen_table, ""]
-    lines.append(f"Run time: {results.seconds / 60:.1f} min. The best epoch of each stage is chosen by "
-                 f"{results.monitor} on the evaluation split.")
+    best_name, split = split_names(results)
+    note = (f"Run time: {results.seconds / 60:.1f} min. Each stage's best epoch is chosen by {results.monitor} "
+            f"on the {split} split; the test split is scored once per stage, with the {best_name} weights "
+            "and with the last.")
+    if split == "test":
+        note += (" **The test split chose the epochs (`train.monitor_split = \"test\"`): these test "
+                 "numbers are optimistic, for a quick look only.**")
+    lines.append(note)
     if results.skipped_samples:
         lines += ["", f"**{results.skipped_samples} bad sample(s) were left out** "
                   '(`data.on_bad_sample = "skip"`):', ""]
@@ -72,7 +83,7 @@ def write_html(markdown_text: str, path: Path, base: Path, title: str) -> Path:
 
 
 def write_seed_report(summary, root: Path) -> Path:
-    lines = [f"# {summary.name}: {len(summary.seeds)} seeds", "", seed_table(summary), "",
+    lines = [f"# {summary.name}: {len(summary.seeds)} seeds{title_note(summary)}", "", seed_table(summary), "",
              "Runs: " + ", ".join(f"[{Path(r).name}]({Path(r).name}/report.html)" for r in summary.runs)]
     text = "\n".join(lines) + "\n"
     atomic_write_text(root / "summary.md", text)

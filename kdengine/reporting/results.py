@@ -17,6 +17,8 @@ SKIPPED_LISTED = 20
 class EpochRecord(BaseModel):
     epoch: int
     losses: dict[str, float] = Field(default_factory=dict)
+    #: The monitor split's metrics (val, unless ``train.monitor_split = "test"``); empty in epochs
+    #: that ``train.eval_every`` skips.
     metrics: dict[str, float] = Field(default_factory=dict)
     lr: float | None = None
     seconds: float = 0.0
@@ -30,10 +32,15 @@ class StageResult(BaseModel):
     model: str
     params: int
     trained: bool = True
+    #: The epoch whose weights are the stage's best, chosen on the monitor split.
     best_epoch: int | None = None
+    #: The monitor split's metrics (val) at the best epoch and at the last.
     best: dict[str, float] = Field(default_factory=dict)
     last: dict[str, float] = Field(default_factory=dict)
     at_epochs: dict[int, dict[str, float]] = Field(default_factory=dict)
+    #: The test split, scored once at the end of the stage: with the best weights, with the last.
+    test_best: dict[str, float] = Field(default_factory=dict)
+    test_last: dict[str, float] = Field(default_factory=dict)
     history: list[EpochRecord] = Field(default_factory=list)
     seconds: float = 0.0
     #: Weights of the best epoch, relative to the run folder.
@@ -52,6 +59,8 @@ class Results(BaseModel):
     seed: int
     monitor: str
     higher_is_better: bool = True
+    #: The split that chose the best epochs: "val", or "test" when the recipe asked for a quick look.
+    monitor_split: str = "val"
     stages: list[StageResult] = Field(default_factory=list)
     seconds: float = 0.0
     #: False while the run is under way (or was interrupted): only finished stages are listed.

@@ -28,8 +28,12 @@ class StageSummary(BaseModel):
     stage: str
     model: str
     params: int
+    #: The monitor split (val) at each run's best epoch and at its last.
     best: dict[str, Spread] = Field(default_factory=dict)
     last: dict[str, Spread] = Field(default_factory=dict)
+    #: The test split with each run's best weights and with its last.
+    test_best: dict[str, Spread] = Field(default_factory=dict)
+    test_last: dict[str, Spread] = Field(default_factory=dict)
 
 
 class SeedSummary(BaseModel):
@@ -37,9 +41,12 @@ class SeedSummary(BaseModel):
     run_dir: str
     seeds: list[int]
     monitor: str
+    monitor_split: str = "val"
     runs: list[str] = Field(default_factory=list)
     stages: list[StageSummary] = Field(default_factory=list)
     seconds: float = 0.0
+    #: Where the teacher of each seed came from (one shared teacher, or one per seed).
+    teacher_note: str = ""
 
     def stage(self, name: str) -> StageSummary | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -48,13 +55,13 @@ class SeedSummary(BaseModel):
 def summarise(results: list[Results], run_dir: str, seeds: list[int]) -> SeedSummary:
     first = results[0]
     summary = SeedSummary(name=first.name, run_dir=run_dir, seeds=seeds, monitor=first.monitor,
-                          runs=[r.run_dir for r in results])
+                          monitor_split=first.monitor_split, runs=[r.run_dir for r in results])
     for stage in first.stages:
         per_seed = [r.stage(stage.stage) for r in results]
         row = StageSummary(stage=stage.stage, model=stage.model, params=stage.params)
-        for key in stage.best:
-            row.best[key] = Spread.of([s.best[key] for s in per_seed])
-            row.last[key] = Spread.of([s.last[key] for s in per_seed])
+        for field in ("best", "last", "test_best", "test_last"):
+            for key in getattr(stage, field):
+                getattr(row, field)[key] = Spread.of([getattr(s, field)[key] for s in per_seed])
         summary.stages.append(row)
     summary.seconds = sum(r.seconds for r in results)
     return summary

@@ -29,7 +29,7 @@ def format_value(value: float | None) -> str:
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -44,28 +44,37 @@ def chain(results: Results) -> list[StageResult]:
     return sorted((s for s in results.stages if s.generation is not None), key=lambda s: s.generation)
 
 
+def split_names(results: "Results | SeedSummary") -> tuple[str, str]:
+    """How the tables name the weights and the split that chose them: ("val-best", "val"), or
+    ("test-best", "test") under ``train.monitor_split = "test"``."""
+    split = getattr(results, "monitor_split", "val")
+    return f"{split}-best", split
+
+
 def results_table(results: Results) -> str:
-    """Model, the monitored metric (best and last epoch, and the recipe's report epochs), the other
-    metrics at the best epoch, parameters and compression versus the teacher."""
+    """Model; the monitored metric on test with the best weights (chosen on val) and with the
+    last; on val at the best epoch and at the recipe's report epochs; the other metrics on test
+    with the best weights; parameters and compression versus the teacher."""
     monitor = results.monitor
+    best_name, split = split_names(results)
     teacher = results.stage("teacher")
     report_epochs = sorted({e for s in results.stages for e in s.at_epochs})
-    others = [k for s in results.stages for k in s.best if k != monitor]
-    others = list(dict.fromkeys(others))
-    header = ["stage", "model", f"{monitor} best", "best epoch", f"{monitor} last"]
-    header += [f"{monitor} @{e}" for e in report_epochs] + [f"{k} (best)" for k in others]
+    others = list(dict.fromkeys(k for s in results.stages for k in s.test_best if k != monitor))
+    header = ["stage", "model", f"{monitor} test ({best_name})", f"{monitor} test (last)",
+              f"{monitor} {split} (best)", "best epoch"]
+    header += [f"{monitor} {split} @{e}" for e in report_epochs] + [f"{k} test ({best_name})" for k in others]
     header += ["params", "compression"]
     rows = []
     for s in results.stages:
         compression = f"{teacher.params / s.params:.1f}x" if teacher and s.params else "-"
-        row = [STAGE_LABELS.get(s.stage, s.stage), s.model, format_value(s.best.get(monitor)),
-               str(s.best_epoch) if s.best_epoch else ("loaded" if not s.trained else "-"),
-               format_value(s.last.get(monitor))]
+        row = [stage_label(s.stage), s.model, format_value(s.test_best.get(monitor)),
+               format_value(s.test_last.get(monitor)), format_value(s.best.get(monitor)),
+               str(s.best_epoch) if s.best_epoch else ("loaded" if not s.trained else "-")]
         row += [format_value(s.at_epochs.get(e, {}).get(monitor)) for e in report_epochs]
-        row += [format_value(s.best.get(k)) for k in others]
+        row += [format_value(s.test_best.get(k)) for k in others]
         row += [format_params(s.params), compression]
         rows.append(row)
-    text = _markdown(header, rows)
+    text = markdown_table(header, rows)
     gain = distillation_gain(results)
     if gain:
         text += "\n\n" + gain
@@ -73,33 +82,36 @@ def results_table(results: Results) -> str:
 
 
 def distillation_gain(results: Results) -> str:
-    """One sentence: how much distillation moved the student, and how much of the gap it closed."""
+    """One sentence: how much distillation moved the student on test (best weights), and how much
+    of the teacher-scratch gap it closed."""
     monitor = results.monitor
-    stages = {s.stage: s.best.get(monitor) for s in results.stages}
+    stages = {s.stage: s.test_best.get(monitor) for s in results.stages}
     scratch, distilled, teacher = stages.get("scratch"), stages.get("distilled"), stages.get("teacher")
     if scratch is None or distilled is None:
         return ""
     delta = distilled - scratch
-    text = f"Distillation changes {monitor} by {delta:+.4f} over the scratch student"
+    text = f"Distillation changes test {monitor} by {delta:+.4f} over the scratch student"
     sign = 1 if results.higher_is_better else -1
     if teacher is not None and sign * (teacher - scratch) > 1e-12:
         text += f", closing {100 * delta / (teacher - scratch):.1f}% of the teacher-scratch gap"
     elif teacher is not None:
         text += " (the teacher is no better than the scratch student, so there is no gap to close)"
-    return text + " (best epochs)."
+    return text + f" ({split_names(results)[0]} weights)."
 
 
 def generation_table(results: Results) -> str:
-    """Generation, model, metric, parameters, compression vs generation 1, drop from the previous."""
+    """Generation, model, test metric (best weights), parameters, compression vs generation 1,
+    drop from the previous generation."""
     gens = chain(results)
     if len(gens) < 2:
         return ""
     monitor = results.monitor
+    best_name = split_names(results)[0]
     first = gens[0]
     rows = []
     previous = None
     for s in gens:
-        value = s.best.get(monitor)
+        value = s.test_best.get(monitor)
         drop = "-" if previous is None or value is None else f"{previous - value:+.4f}"
         rows.append([str(s.generation), s.stage, s.model, f"taught by {s.teacher}" if s.teacher else "labels",
                      format_value(value), format_params(s.params), f"{first.params / s.params:.1f}x", drop])
@@ -107,41 +119,47 @@ def generation_table(results: Results) -> str:
     for s in results.stages:
         if s.generation is None:
             rows.append(["-", s.stage, s.model, f"taught by {s.teacher}" if s.teacher else "labels",
-                         format_value(s.best.get(monitor)), format_params(s.params),
+                         format_value(s.test_best.get(monitor)), format_params(s.params),
                          f"{first.params / s.params:.1f}x", "-"])
-    header = ["generation", "stage", "model", "trained on", f"{monitor} best", "params",
+    header = ["generation", "stage", "model", "trained on", f"{monitor} test ({best_name})", "params",
               "compression vs gen 1", "drop from previous"]
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def comparison_table(runs: list[Results]) -> str:
-    """Several runs side by side: one row per run and stage."""
-    header = ["run", "seed", "stage", "model", "metric", "best", "last", "params"]
+    """Several runs side by side: one row per run and stage, test with the best and last weights."""
+    header = ["run", "seed", "stage", "model", "metric", "test (best weights)", "test (last)", "chosen on",
+              "params"]
     rows = []
     for r in runs:
         for s in r.stages:
             rows.append([Path(r.run_dir).name, str(r.seed), stage_label(s.stage), s.model, r.monitor,
-                         format_value(s.best.get(r.monitor)), format_value(s.last.get(r.monitor)),
-                         format_params(s.params)])
-    return _markdown(header, rows)
+                         format_value(s.test_best.get(r.monitor)), format_value(s.test_last.get(r.monitor)),
+                         r.monitor_split, format_params(s.params)])
+    return markdown_table(header, rows)
 
 
-def seed_table(summary) -> str:
-    """mean ± std over seeds of the monitored metric (best and last epoch) and of the other metrics."""
+def seed_table(summary: "SeedSummary") -> str:
+    """mean ± std over seeds of the monitored metric on test (best and last weights) and on val
+    (best epoch), and of the other metrics on test with the best weights."""
     monitor = summary.monitor
+    best_name, split = split_names(summary)
     teacher = summary.stage("teacher")
-    others = list(dict.fromkeys(k for s in summary.stages for k in s.best if k != monitor))
-    header = ["stage", "model", f"{monitor} best (mean ± std)", f"{monitor} last (mean ± std)"]
-    header += [f"{k} best" for k in others] + ["params", "compression"]
+    others = list(dict.fromkeys(k for s in summary.stages for k in s.test_best if k != monitor))
+    header = ["stage", "model", f"{monitor} test ({best_name})", f"{monitor} test (last)",
+              f"{monitor} {split} (best)"]
+    header += [f"{k} test ({best_name})" for k in others] + ["params", "compression"]
     rows = []
     for s in summary.stages:
         compression = f"{teacher.params / s.params:.1f}x" if teacher and s.params else "-"
-        rows.append([STAGE_LABELS.get(s.stage, s.stage), s.model, str(s.best.get(monitor, "-")),
-                     str(s.last.get(monitor, "-"))] + [str(s.best.get(k, "-")) for k in others]
-                    + [format_params(s.params), compression])
-    text = _markdown(header, rows)
-    return text + f"\n\nSeeds: {', '.join(map(str, summary.seeds))}. 'best' is each run's best epoch " \
-                  f"(chosen by {monitor} on the evaluation split, as most published KD results); 'last' is the final epoch."
+        rows.append([stage_label(s.stage), s.model, str(s.test_best.get(monitor, "-")),
+                     str(s.test_last.get(monitor, "-")), str(s.best.get(monitor, "-"))]
+                    + [str(s.test_best.get(k, "-")) for k in others] + [format_params(s.params), compression])
+    text = markdown_table(header, rows)
+    teachers = f" {summary.teacher_note}" if summary.teacher_note else ""
+    return text + (f"\n\nMean ± std over seeds {', '.join(map(str, summary.seeds))}. '{best_name}' is each "
+                   f"run's best epoch, chosen by {monitor} on the {split} split; 'last' is the final epoch; "
+                   f"test is scored once per stage.{teachers}")
 
 
 def table(results: "Results | SeedSummary") -> str:

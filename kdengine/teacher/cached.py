@@ -71,7 +71,7 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
     augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
 
     def batches(epoch: int):
-        loader = ctx.loaders(train)[0]
+        loader = ctx.train_loader(train)
         loader.sampler.set_epoch(epoch)
         for step, batch in enumerate(loader):
             if step >= steps:
@@ -86,7 +86,7 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
             yield pieces[0] if processes == 1 else torch.cat(pieces)
 
     def teacher():
-        loader = ctx.loaders(train)[0]
+        loader = ctx.train_loader(train)
         loader.sampler.set_epoch(1)
         problem = check_replayable(lambda: to_device(next(iter(loader)), ctx.device), augment)
         if problem is not None:

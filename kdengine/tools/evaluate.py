@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from kdengine.errors import KDEngineError, located
 from kdengine.plugins.catalog import get_catalog
 from kdengine.recipe import ComponentSpec, Recipe, load_recipe
@@ -20,7 +18,7 @@ from kdengine.recipe.stages import plan_stages
 from kdengine.reporting.results import Results
 from kdengine.reporting.tables import format_params, format_value, markdown_table, stage_label
 from kdengine.train.accelerator import make_accelerator
-from kdengine.train.context import open_dataset, split_of
+from kdengine.train.context import eval_loader, open_dataset, split_of
 from kdengine.train.evaluate import Scorer, build_metrics
 from kdengine.train.models import count_parameters, describe, ready_to_teach
 from kdengine.train.run import load_teacher_checkpoint
@@ -98,9 +96,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", weights: str = "be
         else:
             model = factory.load(run_dir / "checkpoints" / name / f"{weights}.safetensors", info)
         model = ready_to_teach(model, accelerator, plan.train.channels_last)
-        loader = accelerator.prepare_data_loader(DataLoader(
-            data, batch_size=plan.train.eval_batch_size or plan.train.batch_size, shuffle=False,
-            collate_fn=provider.collate_fn()))
+        loader = accelerator.prepare_data_loader(eval_loader(provider, data, plan.train))
         values = scorer(model, loader, plan.train.channels_last)
         scores.stages.append(StageScore(name, describe(plan.spec), count_parameters(model), values))
     return scores

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdengine.errors import DataError, KDEngineError, located
+from kdengine.errors import KDEngineError, located
 from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.features import FeatureTaps
 from kdengine.recipe import Recipe, load_recipe
@@ -23,7 +23,7 @@ from kdengine.reporting.tracking import check_installed
 from kdengine.teacher.precision import InferenceSetting, TeacherRunner, candidates, choose
 from kdengine.teacher.replay import BatchAugmentStream, SeededItems, check_replayable
 from kdengine.tools.layers import Layer, format_layers, model_layers
-from kdengine.train.context import open_dataset
+from kdengine.train.context import open_dataset, open_splits
 from kdengine.train.models import count_parameters, describe
 from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths
 from kdengine.train.run import load_teacher_checkpoint
@@ -104,10 +104,8 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
         with located(recipe.source, plan.where):
             models[plan.name] = catalog.get("student", plan.spec.name)(plan.spec.params).build(info)
 
+    train_set, _, _ = open_splits(recipe, provider)  # a missing val split stops the dry run as it would the run
     with located(recipe.source, "data"):
-        train_set = provider.train_set()
-        if len(train_set) == 0:
-            raise DataError(f"the train split of '{recipe.data.name}' is empty")
         loader = DataLoader(train_set, batch_size=min(recipe.train.batch_size, len(train_set)), shuffle=False,
                             collate_fn=provider.collate_fn())
         inputs, targets = provider.batch_augment(*next(iter(loader)))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
 from kdengine.plugins.catalog import get_catalog
-from kdengine.plugins.components import DataInfo
+from kdengine.plugins.components import DataInfo, DatasetProvider
 from kdengine.recipe import ComponentSpec, Recipe
 from kdengine.train.tensors import as_float, prepare_inputs
-
-if TYPE_CHECKING:
-    from kdengine.train.context import RunContext
 
 
 def build_metrics(recipe: Recipe, info: DataInfo) -> list[tuple[ComponentSpec, Any]]:
@@ -30,29 +29,40 @@ def build_metrics(recipe: Recipe, info: DataInfo) -> list[tuple[ComponentSpec, A
     return out
 
 
-def evaluate(ctx: "RunContext", model: nn.Module, loader: DataLoader, channels_last: bool) -> dict[str, float]:
-    model.eval()
-    for _, metric in ctx.metric_objects:
-        metric.reset()
-    # Only the model runs under autocast: a dataset that builds its inputs in the main process
-    # (e.g. degrading an HR image with a convolution) must not get reduced-precision tensors.
-    with torch.inference_mode():
-        for inputs, targets in loader:
-            inputs = prepare_inputs(inputs, channels_last)
-            with ctx.accelerator.autocast():
-                outputs = ctx.provider.predict(model, inputs)
-            outputs, targets = ctx.accelerator.gather_for_metrics((outputs, targets))
-            outputs = as_float(outputs)
-            for _, metric in ctx.metric_objects:
-                metric.update(outputs, targets)
-    values: dict[str, float] = {}
-    for spec, metric in ctx.metric_objects:
-        result = metric.compute()
-        if isinstance(result, dict):
-            values.update({k: float(v) for k, v in result.items()})
-        else:
-            values[spec.name] = float(result)
-    return values
+@dataclass
+class Scorer:
+    """The recipe's metrics, computed over a whole split (gathered across processes)."""
+
+    accelerator: Accelerator
+    provider: DatasetProvider
+    metrics: list[tuple[ComponentSpec, Any]]
+
+    def __post_init__(self) -> None:
+        self.metrics = [(spec, metric.to(self.accelerator.device)) for spec, metric in self.metrics]
+
+    def __call__(self, model: nn.Module, loader: DataLoader, channels_last: bool) -> dict[str, float]:
+        model.eval()
+        for _, metric in self.metrics:
+            metric.reset()
+        # Only the model runs under autocast: a dataset that builds its inputs in the main process
+        # (e.g. degrading an HR image with a convolution) must not get reduced-precision tensors.
+        with torch.inference_mode():
+            for inputs, targets in loader:
+                inputs = prepare_inputs(inputs, channels_last)
+                with self.accelerator.autocast():
+                    outputs = self.provider.predict(model, inputs)
+                outputs, targets = self.accelerator.gather_for_metrics((outputs, targets))
+                outputs = as_float(outputs)
+                for _, metric in self.metrics:
+                    metric.update(outputs, targets)
+        values: dict[str, float] = {}
+        for spec, metric in self.metrics:
+            result = metric.compute()
+            if isinstance(result, dict):
+                values.update({k: float(v) for k, v in result.items()})
+            else:
+                values[spec.name] = float(result)
+        return values
 
 
 def is_better(value: float, best: float | None, higher: bool) -> bool:

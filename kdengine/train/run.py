@@ -17,7 +17,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 from torch import nn
 
-from kdengine.errors import CheckpointError, DataError, located
+from kdengine.errors import CheckpointError, located
 from kdengine.io.rundir import RunFolder
 from kdengine.io.state import TrainingState
 from kdengine.plugins.catalog import get_catalog
@@ -29,8 +29,8 @@ from kdengine.reporting.results import SKIPPED_LISTED, Results, StageResult
 from kdengine.reporting.tracking import RunTracking
 from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
 from kdengine.train.accelerator import make_accelerator
-from kdengine.train.context import RunContext, open_dataset, warn_skipped
-from kdengine.train.evaluate import build_metrics, evaluate
+from kdengine.train.context import RunContext, open_dataset, open_splits, warn_skipped
+from kdengine.train.evaluate import Scorer, build_metrics
 from kdengine.train.models import count_parameters, describe, ready_to_teach
 from kdengine.train.stage import train_stage
 
@@ -97,11 +97,17 @@ class StageWeights:
 
 
 def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module) -> StageResult:
-    """A teacher given as a checkpoint is evaluated, not trained."""
-    eval_loader = ctx.accelerator.prepare_data_loader(ctx.loaders(plan.train)[1])
-    metrics = evaluate(ctx, teacher, eval_loader, plan.train.channels_last)
+    """A teacher given as a checkpoint is evaluated once on the monitor split and once on test,
+    not trained."""
+    def score(data):
+        return ctx.scorer(teacher, ctx.accelerator.prepare_data_loader(ctx.eval_loader(data, plan.train)),
+                          plan.train.channels_last)
+
+    monitored = score(ctx.monitor_set)
+    tested = monitored if ctx.recipe.train.monitor_split == "test" else score(ctx.test_set)
     return StageResult(stage="teacher", model=describe(plan.spec), params=count_parameters(teacher), trained=False,
-                       best=metrics, last=metrics, checkpoint=str(plan.spec.checkpoint), generation=plan.generation)
+                       best=monitored, last=monitored, test_best=tested, test_last=tested,
+                       checkpoint=str(plan.spec.checkpoint), generation=plan.generation)
 
 
 def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Path | None = None,
@@ -119,13 +125,8 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     plans = plan_stages(recipe)
     factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
     given_teacher = load_teacher_checkpoint(recipe, factories["teacher"], info)
-    with located(recipe.source, "data"):
-        train_set, eval_set = provider.train_set(), provider.eval_set()
-        skipped = provider.skipped_samples()
-        for split, data in (("train", train_set), ("eval", eval_set)):
-            if len(data) == 0:
-                note = f" ({len(skipped)} bad samples were skipped)" if skipped else ""
-                raise DataError(f"the {split} split of '{recipe.data.name}' is empty{note}")
+    train_set, monitor_set, test_set = open_splits(recipe, provider)
+    skipped = provider.skipped_samples()
     if skipped and accelerator.is_main_process:
         warn_skipped(recipe, skipped)
     # Every architecture is built once before the run folder exists: a bad model parameter stops
@@ -145,13 +146,14 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     else:
         folder = RunFolder.create(recipe, accelerator, output_dir, folder_name, provider=provider)
     monitor, higher_is_better = monitored_metric(recipe)
-    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, eval_set, folder, progress)
-    ctx.tracking = RunTracking.start(accelerator, recipe, folder, resumed=resume_dir is not None)
     with located(recipe.source, "metric"):
-        ctx.metric_objects = [(s, m.to(accelerator.device)) for s, m in build_metrics(recipe, info)]
+        scorer = Scorer(accelerator, provider, build_metrics(recipe, info))
+    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, monitor_set, test_set, folder, progress,
+                     scorer)
+    ctx.tracking = RunTracking.start(accelerator, recipe, folder, resumed=resume_dir is not None)
 
-    results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=seed,
-                      monitor=monitor, higher_is_better=higher_is_better,
+    results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=seed, monitor=monitor,
+                      higher_is_better=higher_is_better, monitor_split=recipe.train.monitor_split,
                       skipped_samples=len(skipped), skipped_files=skipped[:SKIPPED_LISTED])
     weights = StageWeights(ctx, factories, given_teacher)
     del given_teacher  # StageWeights holds it when it is kept in memory

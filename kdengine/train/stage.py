@@ -26,9 +26,9 @@ from kdengine.reporting.results import EpochRecord, StageResult
 from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.context import RunContext
-from kdengine.train.evaluate import evaluate, is_better
+from kdengine.train.evaluate import is_better
 from kdengine.train.memory import plan_memory
-from kdengine.train.models import count_parameters, describe
+from kdengine.train.models import count_parameters, describe, ready_to_teach
 from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths
 from kdengine.train.optim import Schedule, build_optimizer
 from kdengine.train.step import on_problem, train_step
@@ -48,10 +48,12 @@ class EpochKeeper:
         ctx, result, stage = self.ctx, self.result, self.plan.name
         accelerator = ctx.accelerator
         result.history.append(record)
-        result.last = record.metrics
-        if record.epoch in self.plan.train.report_epochs:
-            result.at_epochs[record.epoch] = record.metrics
-        improved = is_better(record.metrics[self.monitor], self.best_value, self.higher_is_better)
+        improved = False
+        if record.metrics:  # an evaluated epoch (train.eval_every)
+            result.last = record.metrics
+            if record.epoch in self.plan.train.report_epochs:
+                result.at_epochs[record.epoch] = record.metrics
+            improved = is_better(record.metrics[self.monitor], self.best_value, self.higher_is_better)
         if improved:
             self.best_value, result.best, result.best_epoch = record.metrics[self.monitor], record.metrics, record.epoch
         ctx.folder.log_epoch(stage, record)
@@ -62,6 +64,22 @@ class EpochKeeper:
             TrainingState(record.epoch, unwrapped.state_dict(), optimizer.state_dict(), schedule.state_dict(),
                           rng_state(), self.best_value, result).save(ctx.folder.state_path(stage))
             ctx.tracking.log_epoch(stage, record)  # after the state: a resume never logs it twice
+
+
+def score_test(ctx: RunContext, plan: StagePlan, factory: ModelFactory, result: StageResult, last: nn.Module) -> None:
+    """The stage's one look at the test split, at the end: its best weights (chosen on the monitor
+    split) and its last. Under ``train.monitor_split = "test"`` that look was taken every epoch."""
+    if ctx.recipe.train.monitor_split == "test":
+        result.test_best, result.test_last = result.best, result.last
+        return
+    loader = ctx.accelerator.prepare_data_loader(ctx.eval_loader(ctx.test_set, plan.train))
+    result.test_last = ctx.scorer(last, loader, plan.train.channels_last)
+    if result.best_epoch == result.history[-1].epoch:
+        result.test_best = result.test_last
+        return
+    best = factory.load(ctx.folder.path / ctx.folder.checkpoint_path(plan.name, "best"), ctx.info)
+    result.test_best = ctx.scorer(ready_to_teach(best, ctx.accelerator, plan.train.channels_last), loader,
+                                  plan.train.channels_last)
 
 
 def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source: TeacherSource,
@@ -78,7 +96,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         model = model.to(memory_format=torch.channels_last)
     specs, terms, weights = build_loss_terms(ctx.recipe, with_teacher=source.teaches)
     term_names = [s.name for s in specs]
-    train_loader, eval_loader = ctx.loaders(train)
+    train_loader, monitor_loader = ctx.train_loader(train), ctx.eval_loader(ctx.monitor_set, train)
     if len(train_loader) == 0:
         raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
     steps = min(len(train_loader), train.max_steps_per_epoch or len(train_loader))
@@ -107,8 +125,8 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         schedule.load_state_dict(resume.schedule)
         set_rng_state(resume.rng)
         result, best_value, first_epoch = resume.result, resume.best_value, resume.epoch + 1
-    objective, optimizer, train_loader, eval_loader = accelerator.prepare(objective, optimizer, train_loader,
-                                                                          eval_loader)
+    objective, optimizer, train_loader, monitor_loader = accelerator.prepare(objective, optimizer, train_loader,
+                                                                             monitor_loader)
     student = accelerator.unwrap_model(objective).student
     keeper = EpochKeeper(ctx, plan, result, best_value)
     checkpoints = ctx.folder.path / "checkpoints" / plan.name
@@ -135,15 +153,18 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                 seen += 1
                 bar.advance(float(total))
             means = (sums / max(seen, 1)).tolist()
-            metrics = evaluate(ctx, student, eval_loader, train.channels_last)
-            schedule.end_epoch(metrics[monitor])
+            metrics = {}
+            if epoch % train.eval_every == 0 or epoch == train.epochs:
+                metrics = ctx.scorer(student, monitor_loader, train.channels_last)
+                schedule.end_epoch(metrics[monitor])
+                bar.end_epoch(epoch, monitor, metrics[monitor])
             record = EpochRecord(epoch=epoch, losses=dict(zip(["total"] + term_names, means)), metrics=metrics,
                                  lr=schedule.lr, seconds=time.perf_counter() - epoch_start, skipped_batches=skipped)
             keeper.keep(record, objective, optimizer, schedule)
-            bar.end_epoch(epoch, monitor, metrics[monitor])
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - keeper.started
     result.checkpoint = ctx.folder.checkpoint_path(plan.name, "best")
+    score_test(ctx, plan, factory, result, student)
     source.close()
     accelerator.unwrap_model(objective).close()
     accelerator.free_memory()
