@@ -95,7 +95,7 @@ def test_model_card_reports_the_runs_numbers(run_dir, tmp_path):
     report = export_run(run_dir, "safetensors", output_dir=tmp_path, **FAST)
     card = report.card.read_text()
     results = json.loads((run_dir / "results.json").read_text())
-    best = {s["stage"]: s["best"]["top1"] for s in results["stages"]}
+    best = {s["stage"]: s["test_best"]["top1"] for s in results["stages"]}  # test, with the val-best weights
     assert f"| top1 (monitored) | {best['teacher']:.4f} | {best['scratch']:.4f} | {best['distilled']:.4f} |" in card
     student = _student(run_dir)
     assert report.student.params == sum(p.numel() for p in student.parameters())

@@ -1,11 +1,13 @@
-"""``kdengine export``: the distilled student of a run, as a deployable file with a model card.
+"""``kdengine export``: one stage's model of a run, as a deployable file with a model card.
 
-The student is rebuilt from ``RUN_DIR/recipe.json`` and loaded from
-``RUN_DIR/checkpoints/distilled/best.safetensors``. That checkpoint holds the student alone: the
-adapters and heads that feature losses train beside it live in the loss terms and are never
-saved there, so they are dropped by construction. The exported file is then checked against the
-PyTorch model on sample inputs (real evaluation images when the dataset is present, plus random
-inputs at another batch size):
+The model is rebuilt from ``RUN_DIR/recipe.json`` and loaded from
+``RUN_DIR/checkpoints/<stage>/best.safetensors`` (``--stage``, default ``distilled``; any stage the
+run folder holds: ``teacher``, ``scratch``, a progressive chain's generations). That checkpoint
+holds the model alone: the adapters and heads that feature losses train beside it live in the
+loss terms and are never saved there, so they are dropped by construction. The exported file is
+then checked against the PyTorch model on sample inputs (real evaluation images when the dataset
+is present, plus random inputs at another batch size and, for dense models whose output is an
+image, at another height and width):
 
 =============  ==========================================  ===========================
 format         checked with                                tolerance (|a - b| <= ...)
@@ -15,45 +17,38 @@ torchscript    ``torch.jit.load``                          1e-5 + 1e-5 * |b|
 safetensors    rebuilt from the recipe and reloaded        exact
 =============  ==========================================  ===========================
 
-A model card (``MODEL_CARD.md``) and the same numbers as ``export.json`` are written beside the file.
+ONNX files have a dynamic batch axis; dense models (output ``B x C x H' x W'``, e.g. super-resolution
+and edge maps) also a dynamic height and width. ``quantize="int8"`` adds a static int8 ONNX model
+beside the fp32 one (:mod:`kdengine.quantize`). A model card (``MODEL_CARD.md``) and the same
+numbers as ``export.json`` are written beside the file.
 """
 
 from __future__ import annotations
 
 import json
-import platform
-import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from kdengine.plugins.catalog import get_catalog
 from kdengine.io.atomic import atomic_write_text
 from kdengine.io.weights import save_weights
+from kdengine.tools.card import model_card
+from kdengine.tools.measure import Latency, count_flops, measure_ms, torch_latency
+from kdengine.train.models import describe
 from kdengine.plugins.components import DataInfo
 from kdengine.errors import CheckpointError, KDEngineError, located
-from kdengine.recipe import Recipe, load_recipe
+from kdengine.recipe import ComponentSpec, Recipe, load_recipe
+from kdengine.io.rundir import RunFolder
+from kdengine.recipe.stages import StagePlan, plan_stages
 
 FORMATS = ("onnx", "safetensors", "torchscript")
 FILE_NAMES = {"onnx": "student.onnx", "safetensors": "student.safetensors", "torchscript": "student.pt"}
 #: (absolute, relative) tolerance of the check of the exported model against PyTorch.
 TOLERANCES = {"onnx": (1e-4, 1e-3), "torchscript": (1e-5, 1e-5), "safetensors": (0.0, 0.0)}
-
-
-@dataclass
-class Latency:
-    batch_1_ms: float
-    throughput_batch: int
-    throughput_ms: float
-
-    @property
-    def images_per_second(self) -> float:
-        return self.throughput_batch / (self.throughput_ms / 1000)
 
 
 @dataclass
@@ -80,6 +75,11 @@ class ExportReport:
     exported_latency_ms: float | None
     task: str
     monitor: str | None
+    stage: str = "distilled"
+    #: An image-to-image model: exported with a dynamic height and width (ONNX), checked at two sizes.
+    dense: bool = False
+    #: The int8 model beside the fp32 ONNX one (``kdengine.quantize.Int8Report``), if asked for.
+    int8: object | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -91,12 +91,21 @@ class ExportReport:
 # rebuilding the run's models
 
 
+#: The name, on the card, of the split that :func:`evaluation_split` returns.
+EVALUATION_SPLIT = "test"
+
+
+def evaluation_split(provider):
+    """The split exported models are checked and scored on: the one place that names it."""
+    return provider.test_set()
+
+
 def _sample_inputs(recipe: Recipe, provider, input_shape: tuple[int, ...] | None, count: int = 4) -> torch.Tensor:
     if input_shape is not None:
         return torch.randn(count, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
         provider.check()
-        data = provider.test_set()
+        data = evaluation_split(provider)
         items = [data[i][0] for i in range(min(count, len(data)))]
         items = [x for x in items if x.shape == items[0].shape]  # evaluation images may differ in size
     except KDEngineError as exc:
@@ -109,6 +118,18 @@ def _sample_inputs(recipe: Recipe, provider, input_shape: tuple[int, ...] | None
     return torch.stack(items)
 
 
+def stage_weights(run_dir: Path, recipe: Recipe) -> dict[str, tuple[StagePlan, Path]]:
+    """Every planned stage whose best weights exist, with its plan and weights file."""
+    found = {}
+    for plan in plan_stages(recipe):
+        path = run_dir / RunFolder.checkpoint_path(plan.name, "best")
+        if plan.name == "teacher":
+            path = _teacher_weights(run_dir, recipe)
+        if path is not None and path.is_file():
+            found[plan.name] = (plan, path)
+    return found
+
+
 def _teacher_weights(run_dir: Path, recipe: Recipe) -> Path | None:
     trained = run_dir / "checkpoints" / "teacher" / "best.safetensors"
     if trained.is_file():
@@ -118,51 +139,45 @@ def _teacher_weights(run_dir: Path, recipe: Recipe) -> Path | None:
     return None
 
 
-def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
-    """Forward FLOPs for ``sample`` (torch.utils.flop_counter; multiply-adds count as 2)."""
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(sample)
-    return counter.get_total_flops()
-
-
-def measure_ms(call, runs: int, warmup: int = 1) -> float:
-    """Median wall time of ``call()`` in milliseconds."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def torch_latency(model: nn.Module, sample: torch.Tensor, throughput_batch: int, runs: int) -> Latency:
-    one = sample[:1]
-    repeats = -(-throughput_batch // sample.shape[0])
-    batch = sample.repeat(repeats, *([1] * (sample.dim() - 1)))[:throughput_batch]
+def is_dense(model: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether the model maps an image to an image (super-resolution, edge maps, ...): such models
+    are exported with a dynamic height and width, and checked at two sizes."""
     with torch.inference_mode():
-        single = measure_ms(lambda: model(one), runs)
-        many = measure_ms(lambda: model(batch), max(1, runs // 3))
-    return Latency(single, throughput_batch, many)
+        out = model(sample[:1])
+    return sample.dim() == 4 and isinstance(out, torch.Tensor) and out.dim() == 4
 
 
-# ---------------------------------------------------------------------------------------------
-# the formats
-
-
-def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path):
+def onnx_session(path: Path):
+    """An onnxruntime CPU session with as many threads as PyTorch uses, so that the latencies
+    on the card compare like with like."""
     try:
         import onnxruntime
     except ImportError:
         raise KDEngineError("--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, dense: bool):
+    try:
+        import onnxruntime  # noqa: F401  (missing: fail before the export, not after)
+    except ImportError:
+        raise KDEngineError("--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+    # The output's spatial axes get their own names: a super-resolution output is scale x the input.
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}}
+    if dense:
+        axes = {"input": {0: "batch", 2: "height", 3: "width"},
+                "output": {0: "batch", 2: "output_height", 3: "output_width"}}
     with warnings.catch_warnings():
         # The TorchScript-based exporter needs no extra packages (the dynamo one needs onnxscript).
         warnings.simplefilter("ignore", DeprecationWarning)
+        # Size-dependent Python branches (padding to a stride) warn while tracing; the check at a
+        # second input size below catches a branch that the trace got wrong.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(model, (sample,), str(path), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                          dynamic_axes=axes, dynamo=False)
+    session = onnx_session(path)
 
     def run(inputs: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"input": inputs.numpy()})[0])
@@ -184,12 +199,11 @@ def _export_torchscript(model: nn.Module, sample: torch.Tensor, path: Path):
     return run
 
 
-def _export_safetensors(model: nn.Module, path: Path, recipe: Recipe, info: DataInfo):
-    spec = recipe.student
-    metadata = {"student": json.dumps({"name": spec.name, "params": spec.params}),
+def _export_safetensors(model: nn.Module, path: Path, role: str, spec: ComponentSpec, info: DataInfo):
+    metadata = {role: json.dumps({"name": spec.name, "params": spec.params}),
                 "data_info": json.dumps(asdict(info))}
     save_weights(model, path, metadata=metadata)
-    factory = get_catalog().get("student", spec.name)(spec.params)
+    factory = get_catalog().get(role, spec.name)(spec.params)
     reloaded = factory.load(path, info).eval()
 
     def run(inputs: torch.Tensor) -> torch.Tensor:
@@ -223,47 +237,61 @@ def _max_abs_diff(run, model: nn.Module, inputs: list[torch.Tensor], tolerance: 
 
 def export_run(run_dir: str | Path, fmt: str, output_dir: str | Path | None = None,
                input_shape: tuple[int, ...] | None = None, throughput_batch: int = 32,
-               latency_runs: int = 10) -> ExportReport:
-    """Export the distilled student of ``run_dir``, check it, and write its model card."""
+               latency_runs: int = 10, stage: str = "distilled", quantize: str | None = None,
+               calibration_images: int = 256, max_drop: float | dict[str | None, float] | None = None,
+               per_channel: bool = True) -> ExportReport:
+    """Export one stage's model of ``run_dir`` (default: the distilled student), check it, and
+    write its model card. ``quantize="int8"`` (ONNX only) adds a static int8 model calibrated on
+    ``calibration_images`` training images and scored beside the fp32 one; a metric that drops by
+    more than ``max_drop`` (a number: the monitored metric; or ``{metric: drop}``) raises a warning."""
     if fmt not in FORMATS:
         raise KDEngineError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.json"
     if not recipe_file.is_file():
         raise KDEngineError(f"{run_dir}: not a run folder (no recipe.json)")
-    weights = run_dir / "checkpoints" / "distilled" / "best.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: no distilled student in this run folder")
     recipe = load_recipe(recipe_file)
+    stages = stage_weights(run_dir, recipe)
+    if stage not in stages:
+        raise CheckpointError(f"{run_dir}: no stage '{stage}' with weights in this run folder; it has: "
+                              f"{', '.join(stages) or 'none'}")
+    plan, weights = stages[stage]
+    int8_options = None
+    if quantize is None and max_drop is not None:
+        raise KDEngineError("--max-drop compares the int8 model with the fp32 one: give --quantize int8")
+    if quantize is not None:
+        from kdengine.tools.quantize import Int8Options
+
+        int8_options = Int8Options.check(recipe, plan, fmt, quantize, calibration_images, max_drop, per_channel)
     catalog = get_catalog()
     with located(recipe.source, "data"):
         provider = catalog.get("dataset", recipe.data.name)(recipe.data.params)
         provider.on_bad_sample = recipe.data.on_bad_sample
         info = provider.info()
         sample = _sample_inputs(recipe, provider, input_shape)
-    student_factory = catalog.get("student", recipe.student.name)(recipe.student.params)
-    with located(str(weights), "student"):
-        student = student_factory.load(weights, info).eval()
+    factory = catalog.get(plan.role, plan.spec.name)(plan.spec.params)
+    with located(str(weights), plan.where):
+        model = factory.load(weights, info).eval()
 
     out = Path(output_dir) if output_dir is not None else run_dir / "export" / fmt
     out.mkdir(parents=True, exist_ok=True)
     path = out / FILE_NAMES[fmt]
+    dense = is_dense(model, sample)
     if fmt == "onnx":
-        run = _export_onnx(student, sample, path)
+        run = _export_onnx(model, sample, path, dense)
     elif fmt == "torchscript":
-        run = _export_torchscript(student, sample, path)
+        run = _export_torchscript(model, sample, path)
     else:
-        run = _export_safetensors(student, path, recipe, info)
-    other_batch = torch.randn(sample.shape[0] + 3, *sample.shape[1:], generator=torch.Generator().manual_seed(1))
-    checked = [sample, other_batch]
-    diff = _max_abs_diff(run, student, checked, TOLERANCES[fmt])
+        run = _export_safetensors(model, path, plan.role, plan.spec, info)
+    checked = [sample, _other_inputs(sample, dense)]
+    diff = _max_abs_diff(run, model, checked, TOLERANCES[fmt])
 
     results = _results(run_dir)
     monitor = results.monitor if results else None
-    student_facts = ModelFacts(
-        "student", _describe(recipe.student), sum(p.numel() for p in student.parameters()),
-        count_flops(student, sample[:1]), torch_latency(student, sample, throughput_batch, latency_runs),
-        _stage_metrics(results, "distilled"),
+    model_facts = ModelFacts(
+        plan.role, describe(plan.spec), sum(p.numel() for p in model.parameters()),
+        count_flops(model, sample[:1]), torch_latency(model, sample, throughput_batch, latency_runs),
+        _stage_metrics(results, stage),
     )
     teacher_facts = None
     teacher_path = _teacher_weights(run_dir, recipe)
@@ -272,30 +300,39 @@ def export_run(run_dir: str | Path, fmt: str, output_dir: str | Path | None = No
         with located(str(teacher_path), "teacher"):
             teacher = teacher_factory.load(teacher_path, info).eval()
         teacher_facts = ModelFacts(
-            "teacher", _describe(recipe.teacher), sum(p.numel() for p in teacher.parameters()),
+            "teacher", describe(recipe.teacher), sum(p.numel() for p in teacher.parameters()),
             count_flops(teacher, sample[:1]), torch_latency(teacher, sample, throughput_batch, latency_runs),
             _stage_metrics(results, "teacher"),
         )
     exported_ms = None
     if fmt != "safetensors":
         exported_ms = measure_ms(lambda: run(sample[:1]), latency_runs)
+    int8 = None
+    if int8_options is not None:
+        from kdengine.tools.quantize import quantize_and_score
+
+        int8 = quantize_and_score(path, recipe, provider, info, checked, dense, int8_options, throughput_batch,
+                                  latency_runs)
 
     report = ExportReport(
         format=fmt, path=path, card=out / "MODEL_CARD.md", max_abs_diff=diff, tolerance=TOLERANCES[fmt],
         checked_shapes=[tuple(b.shape) for b in checked], file_bytes=path.stat().st_size,
-        student=student_facts, teacher=teacher_facts, exported_latency_ms=exported_ms, task=info.task,
-        monitor=monitor,
+        student=model_facts, teacher=teacher_facts, exported_latency_ms=exported_ms, task=info.task,
+        monitor=monitor, stage=stage, dense=dense, int8=int8,
     )
-    scratch = _stage_metrics(results, "scratch")
-    atomic_write_text(report.card, model_card(report, recipe, scratch))
+    baseline = "scratch" if stage == "distilled" else f"{stage}-scratch"
+    atomic_write_text(report.card, model_card(report, recipe, _stage_metrics(results, baseline)))
     atomic_write_text(out / "export.json", report.to_json())
     return report
 
 
-def _describe(spec) -> str:
-    from kdengine.train.run import describe
-
-    return describe(spec)
+def _other_inputs(sample: torch.Tensor, dense: bool) -> torch.Tensor:
+    """Random inputs at another batch size (and, for dense models, another height and width)."""
+    shape = [sample.shape[0] + 3, *sample.shape[1:]]
+    if dense:
+        shape[-2] += 16
+        shape[-1] += 32
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
 
 
 def _results(run_dir: Path):
@@ -315,78 +352,4 @@ def _stage_metrics(results, stage: str) -> dict[str, float]:
     if results is None:
         return {}
     found = results.stage(stage)
-    return dict(found.best) if found is not None else {}
-
-
-# ---------------------------------------------------------------------------------------------
-# the model card
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def model_card(report: ExportReport, recipe: Recipe, scratch: dict[str, float]) -> str:
-    s, t = report.student, report.teacher
-    atol, rtol = report.tolerance
-    lines = [
-        f"# {recipe.run.name}: distilled student ({report.format})",
-        "",
-        f"- **Task:** {report.task}",
-        f"- **Dataset:** {recipe.data.name}",
-        f"- **Student:** {s.description}",
-        f"- **Teacher:** {t.description if t else _describe(recipe.teacher) + ' (weights not found)'}",
-        "- **Loss:** " + " + ".join(f"{l.weight:g} x {l.name}" for l in recipe.loss),
-        f"- **File:** `{report.path.name}`, {_size(report.file_bytes)}",
-        f"- **Input:** {tuple(report.checked_shapes[0][1:])} per image (batch dimension dynamic)"
-        if report.format == "onnx" else f"- **Input:** {tuple(report.checked_shapes[0][1:])} per image",
-        "",
-        "## Quality",
-        "",
-    ]
-    metrics = list(dict.fromkeys([*(t.metrics if t else {}), *s.metrics, *scratch]))
-    if metrics:
-        lines += ["| metric (best epoch) | teacher | student from scratch | distilled student |",
-                  "|---|---|---|---|"]
-        for name in metrics:
-            def cell(values):
-                return f"{values[name]:.4f}" if name in values else "n/a"
-            mark = " (monitored)" if name == report.monitor else ""
-            lines.append(f"| {name}{mark} | {cell(t.metrics if t else {})} | {cell(scratch)} | {cell(s.metrics)} |")
-    else:
-        lines.append("No results.json in the run folder: no metrics.")
-    lines += ["", "## Cost", "",
-              "| | teacher | student |", "|---|---|---|",
-              f"| parameters | {t.params:,} | {s.params:,} |" if t else f"| parameters | n/a | {s.params:,} |",
-              (f"| forward FLOPs per image | {t.flops_per_image:,} | {s.flops_per_image:,} |" if t
-               else f"| forward FLOPs per image | n/a | {s.flops_per_image:,} |")]
-    if s.latency:
-        def lat(m, attr):
-            return "n/a" if m is None or m.latency is None else attr(m.latency)
-        lines += [
-            f"| CPU latency, batch 1 (PyTorch, median) | {lat(t, lambda l: f'{l.batch_1_ms:.2f} ms')} | {s.latency.batch_1_ms:.2f} ms |",
-            f"| CPU throughput, batch {s.latency.throughput_batch} (PyTorch) | "
-            f"{lat(t, lambda l: f'{l.images_per_second:.0f} images/s')} | {s.latency.images_per_second:.0f} images/s |",
-        ]
-    if report.exported_latency_ms is not None:
-        runtime = "onnxruntime" if report.format == "onnx" else "TorchScript"
-        lines.append(f"| CPU latency, batch 1 ({runtime}, median) | | {report.exported_latency_ms:.2f} ms |")
-    lines += [
-        "",
-        f"Measured on {platform.processor() or platform.machine()} with {torch.get_num_threads()} PyTorch "
-        f"threads, torch {torch.__version__}; FLOPs by torch.utils.flop_counter (a multiply-add is 2 FLOPs).",
-        "",
-        "## Export check",
-        "",
-        f"The exported model was compared with the PyTorch student on batches of shapes "
-        f"{', '.join(str(tuple(x)) for x in report.checked_shapes)}: max |difference| = "
-        f"{report.max_abs_diff:.3g}, within the tolerance |a - b| <= {atol:g} + {rtol:g} * |b|.",
-        "Adapters and projection heads trained by feature losses are not part of the student and are "
-        "not exported.",
-        "",
-    ]
-    return "\n".join(lines)
+    return dict(found.test_best) if found is not None else {}  # test, with the best weights

@@ -1,0 +1,56 @@
+"""What an exported model costs: forward FLOPs and CPU latency (median of repeated runs)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class Latency:
+    batch_1_ms: float
+    throughput_batch: int
+    throughput_ms: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.throughput_batch / (self.throughput_ms / 1000)
+
+
+def count_flops(model: nn.Module, sample: torch.Tensor) -> int:
+    """Forward FLOPs for ``sample`` (torch.utils.flop_counter; multiply-adds count as 2)."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(sample)
+    return counter.get_total_flops()
+
+
+def measure_ms(call, runs: int, warmup: int = 1) -> float:
+    """Median wall time of ``call()`` in milliseconds."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def torch_latency(model: nn.Module, sample: torch.Tensor, throughput_batch: int, runs: int) -> Latency:
+    one = sample[:1]
+    repeats = -(-throughput_batch // sample.shape[0])
+    batch = sample.repeat(repeats, *([1] * (sample.dim() - 1)))[:throughput_batch]
+    with torch.inference_mode():
+        single = measure_ms(lambda: model(one), runs)
+        many = measure_ms(lambda: model(batch), max(1, runs // 3))
+    return Latency(single, throughput_batch, many)
+
+
+# ---------------------------------------------------------------------------------------------
+# the formats
