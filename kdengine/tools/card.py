@@ -13,6 +13,7 @@ from kdengine.train.models import describe
 if TYPE_CHECKING:
     from kdengine.recipe import Recipe
     from kdengine.tools.export import ExportReport
+    from kdengine.tools.quantize import Int8Report
 
 
 def file_size(n: int) -> str:
@@ -86,7 +87,49 @@ def model_card(report: "ExportReport", recipe: "Recipe", scratch: dict[str, floa
         "",
     ]
     if report.int8 is not None:
-        from kdengine.tools.quantize import card_section
-
         lines += card_section(report.int8)
     return "\n".join(lines)
+
+
+def card_section(report: "Int8Report") -> list[str]:
+    """The model card's int8 section: fp32 and int8 side by side."""
+    fp32, int8 = report.fp32, report.int8
+    s = report.settings
+    lines = [
+        "## int8",
+        "",
+        f"`{int8.file}`: static quantisation, {s['format']}; weights {s['weights']}; activations "
+        f"{s['activations']}; {s['calibration']} ranges calibrated on {report.calibration_images} images of "
+        "the train split (without the batch augmentation of training). Both models run in onnxruntime "
+        f"(CPUExecutionProvider) and are scored with the recipe's metrics on the {report.split} split.",
+        "",
+        "| | fp32 | int8 | drop |",
+        "|---|---|---|---|",
+    ]
+    for name, before in fp32.metrics.items():
+        if name not in int8.metrics:
+            continue
+        mark = " (over --max-drop)" if name in report.exceeded() else ""
+        lines.append(f"| {name} ({report.split}) | {before:.4f} | {int8.metrics[name]:.4f} | "
+                     f"{report.drops[name]:.4f}{mark} |")
+    ratio = int8.file_bytes / fp32.file_bytes
+    a, b = fp32.latency, int8.latency
+    lines += [
+        f"| file size | {file_size(fp32.file_bytes)} | {file_size(int8.file_bytes)} | x{ratio:.2f} |",
+        f"| CPU latency, batch 1 (onnxruntime, median) | {a.batch_1_ms:.2f} ms | {b.batch_1_ms:.2f} ms | "
+        f"x{b.batch_1_ms / a.batch_1_ms:.2f} |",
+        f"| CPU latency, batch {a.throughput_batch} (onnxruntime, median) | {a.throughput_ms:.1f} ms "
+        f"({a.images_per_second:.0f} images/s) | {b.throughput_ms:.1f} ms ({b.images_per_second:.0f} images/s) | "
+        f"x{b.throughput_ms / a.throughput_ms:.2f} |",
+        "",
+        "A drop is fp32 minus int8 for metrics where higher is better (int8 minus fp32 otherwise), in the "
+        "metric's own unit; a ratio below 1 is smaller or faster.",
+        f"On the sample images ({', '.join(str(tuple(x)) for x in report.compared_shapes)}) the int8 outputs "
+        f"differ from the fp32 ones by at most {report.max_abs_diff:.3g} (largest |fp32 output| "
+        f"{report.max_abs_output:.3g}); it returns the fp32 model's output shapes on every check batch.",
+        "",
+    ]
+    for name, drop in report.exceeded().items():
+        lines += [f"**Warning:** int8 {name} drops by {drop:.4g} from fp32, more than the allowed "
+                  f"{report.max_drop[name]:g}.", ""]
+    return lines

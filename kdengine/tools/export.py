@@ -37,7 +37,7 @@ from kdengine.plugins.catalog import get_catalog
 from kdengine.io.atomic import atomic_write_text
 from kdengine.io.weights import save_weights
 from kdengine.tools.card import model_card
-from kdengine.tools.measure import Latency, count_flops, measure_ms, torch_latency
+from kdengine.tools.measure import Latency, count_flops, evaluation_split, measure_ms, onnx_session, torch_latency
 from kdengine.train.models import describe
 from kdengine.plugins.components import DataInfo
 from kdengine.errors import CheckpointError, KDEngineError, located
@@ -91,15 +91,6 @@ class ExportReport:
 # rebuilding the run's models
 
 
-#: The name, on the card, of the split that :func:`evaluation_split` returns.
-EVALUATION_SPLIT = "test"
-
-
-def evaluation_split(provider):
-    """The split exported models are checked and scored on: the one place that names it."""
-    return provider.test_set()
-
-
 def _sample_inputs(recipe: Recipe, provider, input_shape: tuple[int, ...] | None, count: int = 4) -> torch.Tensor:
     if input_shape is not None:
         return torch.randn(count, *input_shape, generator=torch.Generator().manual_seed(0))
@@ -145,18 +136,6 @@ def is_dense(model: nn.Module, sample: torch.Tensor) -> bool:
     with torch.inference_mode():
         out = model(sample[:1])
     return sample.dim() == 4 and isinstance(out, torch.Tensor) and out.dim() == 4
-
-
-def onnx_session(path: Path):
-    """An onnxruntime CPU session with as many threads as PyTorch uses, so that the latencies
-    on the card compare like with like."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise KDEngineError("--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime") from None
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, dense: bool):

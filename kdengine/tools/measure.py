@@ -1,14 +1,18 @@
-"""What an exported model costs: forward FLOPs and CPU latency (median of repeated runs)."""
+"""Measuring an exported model: the split it is scored on, its onnxruntime session, its forward
+FLOPs and CPU latency (median of repeated runs)."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from kdengine.errors import KDEngineError
 
 
 @dataclass
@@ -54,3 +58,24 @@ def torch_latency(model: nn.Module, sample: torch.Tensor, throughput_batch: int,
 
 # ---------------------------------------------------------------------------------------------
 # the formats
+
+
+#: The name, on the card, of the split that :func:`evaluation_split` returns.
+EVALUATION_SPLIT = "test"
+
+
+def evaluation_split(provider):
+    """The split exported models are checked and scored on: the one place that names it."""
+    return provider.test_set()
+
+
+def onnx_session(path: Path):
+    """An onnxruntime CPU session with as many threads as PyTorch uses, so that the latencies
+    on the card compare like with like."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise KDEngineError("--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

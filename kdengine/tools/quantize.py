@@ -42,9 +42,7 @@ from torch import nn
 from kdengine.errors import KDEngineError, located
 from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import DataInfo, DatasetProvider
-from kdengine.tools.card import file_size
-from kdengine.tools.export import EVALUATION_SPLIT, evaluation_split, onnx_session
-from kdengine.tools.measure import Latency, torch_latency
+from kdengine.tools.measure import EVALUATION_SPLIT, Latency, evaluation_split, onnx_session, torch_latency
 from kdengine.recipe import Recipe, monitored_metric
 from kdengine.recipe.stages import StagePlan
 from kdengine.train.accelerator import make_accelerator
@@ -332,50 +330,6 @@ def quantize_and_score(fp32_path: Path, recipe: Recipe, provider: DatasetProvide
 
 # ---------------------------------------------------------------------------------------------
 # the model card
-
-
-def card_section(report: Int8Report) -> list[str]:
-    """The model card's int8 section: fp32 and int8 side by side."""
-    fp32, int8 = report.fp32, report.int8
-    s = report.settings
-    lines = [
-        "## int8",
-        "",
-        f"`{int8.file}`: static quantisation, {s['format']}; weights {s['weights']}; activations "
-        f"{s['activations']}; {s['calibration']} ranges calibrated on {report.calibration_images} images of "
-        "the train split (without the batch augmentation of training). Both models run in onnxruntime "
-        f"(CPUExecutionProvider) and are scored with the recipe's metrics on the {report.split} split.",
-        "",
-        "| | fp32 | int8 | drop |",
-        "|---|---|---|---|",
-    ]
-    for name, before in fp32.metrics.items():
-        if name not in int8.metrics:
-            continue
-        mark = " (over --max-drop)" if name in report.exceeded() else ""
-        lines.append(f"| {name} ({report.split}) | {before:.4f} | {int8.metrics[name]:.4f} | "
-                     f"{report.drops[name]:.4f}{mark} |")
-    ratio = int8.file_bytes / fp32.file_bytes
-    a, b = fp32.latency, int8.latency
-    lines += [
-        f"| file size | {file_size(fp32.file_bytes)} | {file_size(int8.file_bytes)} | x{ratio:.2f} |",
-        f"| CPU latency, batch 1 (onnxruntime, median) | {a.batch_1_ms:.2f} ms | {b.batch_1_ms:.2f} ms | "
-        f"x{b.batch_1_ms / a.batch_1_ms:.2f} |",
-        f"| CPU latency, batch {a.throughput_batch} (onnxruntime, median) | {a.throughput_ms:.1f} ms "
-        f"({a.images_per_second:.0f} images/s) | {b.throughput_ms:.1f} ms ({b.images_per_second:.0f} images/s) | "
-        f"x{b.throughput_ms / a.throughput_ms:.2f} |",
-        "",
-        "A drop is fp32 minus int8 for metrics where higher is better (int8 minus fp32 otherwise), in the "
-        "metric's own unit; a ratio below 1 is smaller or faster.",
-        f"On the sample images ({', '.join(str(tuple(x)) for x in report.compared_shapes)}) the int8 outputs "
-        f"differ from the fp32 ones by at most {report.max_abs_diff:.3g} (largest |fp32 output| "
-        f"{report.max_abs_output:.3g}); it returns the fp32 model's output shapes on every check batch.",
-        "",
-    ]
-    for name, drop in report.exceeded().items():
-        lines += [f"**Warning:** int8 {name} drops by {drop:.4g} from fp32, more than the allowed "
-                  f"{report.max_drop[name]:g}.", ""]
-    return lines
 
 
 def summary_lines(report: Int8Report) -> list[str]:
