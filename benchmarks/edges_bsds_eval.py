@@ -177,7 +177,8 @@ def made_up_prediction(kind: str, annotators: np.ndarray, rng: np.random.Generat
     return 0.7 * annotators[0] + 0.3 * noise
 
 
-def pyedgeeval_counts(prob: np.ndarray, annotators: np.ndarray, levels: np.ndarray) -> np.ndarray:
+def pyedgeeval_counts(prob: np.ndarray, annotators: np.ndarray, levels: np.ndarray,
+                      nms: bool = True) -> np.ndarray:
     """pyEdgeEval's ``(T, 4)`` counts ``[cntP, sumP, cntR, sumR]`` of one image (its NMS, thinning
     and matcher, every annotator). The thresholded maps are nested, so thresholds with equally
     many pixels above them give one map: pyEdgeEval scores each distinct map once."""
@@ -185,12 +186,12 @@ def pyedgeeval_counts(prob: np.ndarray, annotators: np.ndarray, levels: np.ndarr
         evaluate_boundaries_threshold_multiple_gts)
     from pyEdgeEval.preprocess import fast_nms
 
-    suppressed = fast_nms(prob, r=1, s=5, m=1.01)
-    sizes = (suppressed[None] >= levels[:, None, None]).reshape(len(levels), -1).sum(axis=1)
+    edges = fast_nms(prob, r=1, s=5, m=1.01) if nms else prob
+    sizes = (edges[None] >= levels[:, None, None]).reshape(len(levels), -1).sum(axis=1)
     _, first, inverse = np.unique(sizes, return_index=True, return_inverse=True)
     count_r, sum_r, count_p, sum_p = evaluate_boundaries_threshold_multiple_gts(
         levels[first], prob, list(annotators.astype(np.uint8)), max_dist=0.0075,
-        apply_thinning=True, apply_nms=True)
+        apply_thinning=True, apply_nms=nms)
     return np.stack([count_p, sum_p, count_r, sum_r], axis=1)[inverse.ravel()]
 
 
@@ -199,7 +200,8 @@ def pyedgeeval_scores(per_image: np.ndarray, levels: np.ndarray) -> tuple[float,
     from pyEdgeEval.common.metrics import compute_rec_prec_f1, interpolated_max_scores
 
     cnt_p, sum_p, cnt_r, sum_r = np.moveaxis(per_image, -1, 0)
-    recall, precision, _ = compute_rec_prec_f1(cnt_r.sum(0), sum_r.sum(0), cnt_p.sum(0), sum_p.sum(0))
+    recall, precision, _ = compute_rec_prec_f1(cnt_r.sum(0), sum_r.sum(0), cnt_p.sum(0),
+                                               sum_p.sum(0))
     ods = interpolated_max_scores(levels, recall, precision)[3]
     _, _, f_image = compute_rec_prec_f1(cnt_r, sum_r, cnt_p, sum_p)
     best = per_image[np.arange(len(per_image)), f_image.argmax(axis=1)].sum(axis=0)
@@ -225,12 +227,13 @@ def compare_with_pyedgeeval(args) -> None:
             prob = torch.sigmoid(logits).double().numpy()
             metric = BoundaryF(args.thresholds, nms=not args.no_nms)
             started = time.perf_counter()
+            stack = torch.from_numpy(annotators)[None].float()
             metric.update(logits[None, None], {"mask": torch.zeros(1, 1, *prob.shape),
-                                               "annotators": torch.from_numpy(annotators)[None].float()})
+                                               "annotators": stack})
             ours.append(metric.counts[0][0].numpy())
             ours_seconds += time.perf_counter() - started
             started = time.perf_counter()
-            theirs.append(pyedgeeval_counts(prob, annotators, levels))
+            theirs.append(pyedgeeval_counts(prob, annotators, levels, nms=not args.no_nms))
             theirs_seconds += time.perf_counter() - started
         ours, theirs = np.stack(ours), np.stack(theirs)
         row = dict(zip(("ods", "ois"), ods_ois(ours)))

@@ -82,8 +82,8 @@ def test_ods_ois_agree_with_pyedgeeval(bsds_crops, kind):
     samples = []
     for index, annotators in enumerate(bsds_crops):
         logits, prob = predictions(kind, annotators, rng)
-        metric.update(logits[None, None], {"mask": torch.zeros(1, 1, *CROP),
-                                           "annotators": torch.from_numpy(annotators)[None].float()})
+        stack = torch.from_numpy(annotators)[None].float()
+        metric.update(logits[None, None], {"mask": torch.zeros(1, 1, *CROP), "annotators": stack})
         samples.append({"name": str(index), "prob": prob, "gts": list(annotators.astype(np.uint8))})
 
     def counts(sample):

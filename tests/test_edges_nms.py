@@ -123,7 +123,8 @@ def test_border_fades_linearly_to_zero():
         expected = 0.5 * min(min(col, width - 1 - col) / 5, 1.0)
         assert middle[col] == pytest.approx(expected)
     # and rows near the top and bottom fade the same way
-    np.testing.assert_allclose(out[[0, 1, 3, 36, 38, 39], 12], 0.5 * np.array([0, 1, 3, 3, 1, 0]) / 5)
+    np.testing.assert_allclose(out[[0, 1, 3, 36, 38, 39], 12],
+                               0.5 * np.array([0, 1, 3, 3, 1, 0]) / 5)
 
 
 def test_nms_keeps_near_ties_within_the_multiplier():
@@ -162,3 +163,9 @@ def test_edge_nms_close_to_pyedgeeval_fast_nms():
     assert ((ours > 0) != (theirs > 0)).mean() < 0.01
     same = (ours > 0) == (theirs > 0)
     np.testing.assert_allclose(ours[same], theirs[same], atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (1, 7), (7, 1)])
+def test_maps_too_small_to_orient_are_returned_unchanged(shape):
+    prob = np.random.default_rng(3).random(shape)
+    np.testing.assert_array_equal(edge_nms(prob), prob)

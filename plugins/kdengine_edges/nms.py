@@ -18,7 +18,14 @@ morphological thinning reduces to its medial axis only where the band is solid; 
 up at one threshold leaves spurs and doubled lines, and its precision collapses. With it every
 threshold sees the ridge crest alone.
 
-Everything is vectorised over the whole image (two interpolations per pixel and radius step).
+Kept as the toolbox has it, so that scores match the benchmark's: where nothing varies along x
+(an exactly horizontal synthetic structure) ``S_xy = 0`` and ``O = 0``, so such a ridge is compared
+along itself and not thinned by this step (thinning still is); real maps never vary that evenly.
+pyEdgeEval's port replaces ``S_xx == 0`` by ``1e-5`` instead of adding ``1e-5``, which orients a
+few pixels per image differently.
+
+Everything is vectorised over the whole image (two interpolations per pixel and radius step),
+about 50 ms for a 481x321 image.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import correlate1d
 
-#: added to the denominator of the orientation, as the toolbox does, so that it is never 0
+#: added to the denominator of the orientation, as the toolbox does: finite where S_xx is 0
 _ORIENTATION_EPS = 1e-5
 
 
@@ -83,7 +90,7 @@ def suppress_non_maxima(edge: np.ndarray, orientation: np.ndarray, radius: int =
     edge = np.asarray(edge, dtype=np.float64)
     height, width = edge.shape
     out = edge.copy()
-    if height < 2 or width < 2:
+    if height < 2 or width < 2:  # no neighbours to interpolate between
         return out
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     cos_o, sin_o = np.cos(orientation), np.sin(orientation)
@@ -108,6 +115,12 @@ def suppress_non_maxima(edge: np.ndarray, orientation: np.ndarray, radius: int =
 def edge_nms(prob: np.ndarray, radius: int = 1, border: int = 5,
              multiplier: float = 1.01) -> np.ndarray:
     """The thinned soft edge map of one ``(H, W)`` probability map: smoothed with the radius-1
-    triangle filter, oriented by its own second derivatives, non-maxima suppressed."""
+    triangle filter, oriented by its own second derivatives, non-maxima suppressed.
+
+    A map less than two pixels high or wide has no orientation; it is returned as it is.
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    if min(prob.shape) < 2:
+        return prob.copy()
     edge = triangle_smooth(prob, 1)
     return suppress_non_maxima(edge, edge_orientation(edge), radius, border, multiplier)
