@@ -18,9 +18,12 @@ two-level objective is solved exactly over *every* pair within ``max_dist`` (see
 :func:`min_cost_matched`), so counts can differ slightly from the benchmark's MATLAB code (which may
 miss a few matches). Pixel distances tie often, and which of several equally cheap matchings is
 taken changes which predicted pixels an annotator uses, so ``cntP`` (a union over annotators) can
-differ by a few pixels from another exact solver's; the other counts cannot. The PR curve is not
-interpolated between thresholds either, so ODS can be a little lower than the benchmark's on
-coarse grids.
+differ by a few pixels from another exact solver's; the other counts cannot.
+
+ODS reads the precision-recall curve between neighbouring thresholds too, as the benchmark's
+``collect_eval_bdry`` does (see :func:`ods_ois`); OIS takes each image at one of its thresholds.
+Published numbers also apply edge non-maximum suppression to the soft map first
+(:mod:`kdengine_edges.nms`); that is the caller's step, done before :func:`image_counts`.
 
 How the counts are obtained quickly:
 
@@ -438,17 +441,41 @@ def f_measure(cnt_p, sum_p, cnt_r, sum_r):
     return precision, recall, f
 
 
+#: points per step between neighbouring thresholds where ODS reads the interpolated curve
+_INTERPOLATION_POINTS = 101
+
+
+def best_interpolated_f(precision: np.ndarray, recall: np.ndarray) -> float:
+    """The best F on the precision-recall curve drawn through the thresholds' points.
+
+    Between neighbouring thresholds precision and recall are interpolated linearly (the F of the
+    interpolated pair, not interpolated F), as the benchmark's ``collect_eval_bdry`` does: on a
+    coarse grid the best dataset-wide threshold usually lies between two grid points.
+    """
+    precision = np.asarray(precision, dtype=np.float64)
+    recall = np.asarray(recall, dtype=np.float64)
+    weight = np.linspace(0.0, 1.0, _INTERPOLATION_POINTS)[None, :]
+    p = precision[:-1, None] * (1 - weight) + precision[1:, None] * weight
+    r = recall[:-1, None] * (1 - weight) + recall[1:, None] * weight
+    # the grid's own points too: a single threshold has no neighbour to interpolate to
+    p, r = np.concatenate([p.ravel(), precision]), np.concatenate([r.ravel(), recall])
+    denom = p + r
+    f = np.divide(2 * p * r, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(f.max(initial=0.0))
+
+
 def ods_ois(per_image: np.ndarray) -> tuple[float, float]:
     """ODS and OIS from per-image counts ``(N, T, 4)``, as the benchmark's collect_eval_bdry.
 
-    ODS: the best F over thresholds of the counts summed over the dataset (one threshold for all).
-    OIS: each image at its own best threshold, counts summed, then one F.
+    ODS: the best F of the counts summed over the dataset, one threshold for all, read on the
+    precision-recall curve interpolated between thresholds (:func:`best_interpolated_f`).
+    OIS: each image at its own best threshold (on the grid), counts summed, then one F.
     """
     if per_image.size == 0:
         return 0.0, 0.0
     total = per_image.sum(axis=0)
-    _, _, f_dataset = f_measure(*total.T)
-    ods = float(f_dataset.max())
+    precision, recall, _ = f_measure(*total.T)
+    ods = best_interpolated_f(precision, recall)
     _, _, f_image = f_measure(*np.moveaxis(per_image, -1, 0))
     best = f_image.argmax(axis=1)
     chosen = per_image[np.arange(len(per_image)), best]
