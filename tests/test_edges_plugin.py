@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kdengine_edges
-from kdengine import DatasetProvider, LossTerm, Metric, ModelFactory
+from kdengine import DatasetProvider, LossTerm, Metric, ModelFactory, load_recipe
 from kdengine_edges.synthetic_data import SyntheticEdges
 from kdengine_edges.transforms import collate_edges
 
@@ -67,7 +67,6 @@ def test_eval_batches_flow_through_predict_and_metrics():
 
 @pytest.mark.parametrize("name", ["edge.toml", "edge-bsds500.toml"])
 def test_recipes_load(name):
-    recipe_module = pytest.importorskip("kdengine.recipe")
-    recipe = recipe_module.load_recipe(RECIPES / name)
+    recipe = load_recipe(RECIPES / name)
     assert recipe.teacher.name == "unet" and recipe.student.name == "unet"
     assert [loss.name for loss in recipe.loss] == ["weighted_bce", "sigmoid_mse"]

@@ -37,9 +37,11 @@ def test_set5_x4_bicubic_psnr_y_matches_the_published_baseline():
         out = tiled_predict(bicubic, lr[None], 4, 96, 8)
         psnr.update(out, hr[None])
         ssim.update(out, hr[None])
-    # Published: 28.42 dB / 0.810 with MATLAB's bicubic; torch's bicubic kernel differs slightly.
-    assert 28.0 < psnr.compute().item() < 28.9
-    assert 0.79 < ssim.compute().item() < 0.83
+    # PyTorch's bicubic (a = -0.75) on these files gives 28.63 dB / 0.8134; the published 28.42 dB /
+    # 0.810 were made with MATLAB's imresize (a = -0.5 and antialiasing), so that gap is expected. A
+    # change in the Y conversion, the border shave or the tiling moves these by far more than 0.005.
+    assert psnr.compute().item() == pytest.approx(28.632, abs=0.005)
+    assert ssim.compute().item() == pytest.approx(0.8134, abs=0.0005)
 
 
 def test_set5_tiled_prediction_equals_whole_image_for_bicubic():
