@@ -1,8 +1,9 @@
 """What the command line and notebooks call: run, resume, evaluate, cache_teacher.
 
-``run`` trains (or loads) the teacher, optionally trains the student from scratch as a baseline,
-then trains the same student distilled from the frozen teacher; with several seeds it repeats the
-run once per seed and summarises them (mean and standard deviation).
+``run`` trains, fine-tunes or loads the teacher (or takes it as its factory delivers it),
+optionally trains the student from scratch as a baseline, then trains the same student distilled
+from the frozen teacher; with several seeds it repeats the run once per seed, the seeds sharing
+the teacher trained with the first, and summarises them (mean and standard deviation).
 """
 
 from __future__ import annotations
@@ -22,27 +23,36 @@ from kdengine.reporting.results import Results
 from kdengine.reporting.summary import SeedSummary, summarise
 from kdengine.teacher.cache import TeacherCache
 from kdengine.teacher.cached import default_cache_root, open_teacher_cache
+from kdengine.teacher.given import given_teacher
+from kdengine.teacher.reuse import shared_teacher, shares_teacher, teacher_from_run, teacher_note, with_teacher_checkpoint
 from kdengine.teacher.sources import CachedTeacher
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.context import RunContext, open_dataset, split_of
 from kdengine.train.models import ready_to_teach
 from kdengine.train.objective import build_loss_terms, tap_paths
 from kdengine.tools.evaluate import RunScores, evaluate_run
-from kdengine.train.run import load_teacher_checkpoint, run_one
+from kdengine.train.run import run_one
 
 RecipeSource = Recipe | str | Path | dict
 
 
 def run(recipe: RecipeSource, *, overrides: list[str] | tuple = (), progress: bool = True,
-        output_dir: str | Path | None = None, seeds: list[int] | None = None) -> Results | SeedSummary:
+        output_dir: str | Path | None = None, seeds: list[int] | None = None,
+        teacher_from: str | Path | None = None) -> Results | SeedSummary:
     """Run a recipe and return its results.
 
     With several seeds (``seeds=[0, 1, 2]`` or ``run.seeds`` in the recipe) the run is repeated
     once per seed, each in ``<run folder>/seed-<n>/``, and a :class:`SeedSummary` with mean and
     standard deviation of every stage's best and last metrics is returned (and written as
-    ``summary.json`` / ``summary.md``).
+    ``summary.json`` / ``summary.md``). The seeds share one teacher, trained with the first seed,
+    unless ``teacher.per_seed = true``.
+
+    ``teacher_from``: a finished run folder whose trained teacher (its best weights) is used as
+    ``teacher.checkpoint``, instead of training the teacher again.
     """
     recipe = load_recipe(recipe, overrides=overrides)
+    if teacher_from is not None:
+        recipe = teacher_from_run(recipe, teacher_from)
     seeds = seeds or recipe.run.seeds
     if not seeds:
         return run_one(recipe, recipe.run.seed, progress=progress,
@@ -61,9 +71,16 @@ def run_seeds(recipe: Recipe, seeds: list[int], *, progress: bool = True,
     while root.exists():
         suffix += 1
         root = parent / f"{recipe.run.name}-{stamp}-seeds-{suffix}"
-    results = [run_one(recipe, seed, progress=progress, output_dir=root, folder_name=f"seed-{seed}")
-               for seed in seeds]
+    results: list[Results] = []
+    later, teacher = recipe, None  # with a shared teacher, the later seeds load the first seed's
+    for seed in seeds:
+        results.append(run_one(later, seed, progress=progress, output_dir=root, folder_name=f"seed-{seed}",
+                               shared_teacher=teacher))
+        if teacher is None and shares_teacher(recipe):
+            weights, teacher = shared_teacher(results[0])
+            later = with_teacher_checkpoint(recipe, weights)
     summary = summarise(results, str(root), seeds)
+    summary.teacher_note = teacher_note(recipe, seeds)
     atomic_write_text(root / "summary.json", summary.model_dump_json(indent=2))
     write_seed_report(summary, root)
     return summary
@@ -90,26 +107,29 @@ def evaluate(run_dir: str | Path, *, split: str = "test", weights: str = "best",
 
 def cache_teacher(recipe: RecipeSource, *, overrides: list[str] | tuple = (), progress: bool = True,
                   output_dir: str | Path | None = None) -> list[TeacherCache]:
-    """Build the teacher-output caches of a recipe whose teacher is a checkpoint, before any
-    student trains (``kdengine cache-teacher``): one per stage taught by the teacher."""
+    """Build the teacher-output caches of a recipe whose teacher the run does not train (a
+    checkpoint, or ``teacher.train = false``), before any student trains (``kdengine
+    cache-teacher``): one per stage taught by the teacher."""
     recipe = load_recipe(recipe, overrides=overrides)
-    if recipe.teacher.checkpoint is None:
+    if recipe.teacher.trains:
         raise KDEngineError(
             f"{recipe.source}: teacher.checkpoint: the teacher is trained in the run, so its cache is built "
-            "after it is trained (set teacher.cache = true and run the recipe); cache-teacher needs a trained teacher"
+            "after it is trained (set teacher.cache = true and run the recipe); cache-teacher needs a trained "
+            "teacher (teacher.checkpoint) or one used as delivered (teacher.train = false)"
         )
     seed = recipe.run.seed
     accelerator = make_accelerator(recipe.train.mixed_precision)
     set_seed(seed)
     provider, info = open_dataset(recipe)
     factory = get_catalog().get("teacher", recipe.teacher.name)(recipe.teacher.params)
-    load_teacher_checkpoint(recipe, factory, info)  # a bad file stops here, before any work
+    given_teacher(recipe, factory, info)  # a bad file or model stops here, before any work
     train_set = split_of(recipe, provider, "train")
     ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, None, None, None, progress)
     root = default_cache_root(recipe, Path(output_dir) if output_dir is not None else Path(recipe.run.output_dir))
     channels_last = recipe.teacher_train().channels_last
-    source = CachedTeacher(Path(recipe.teacher.checkpoint), lambda: ready_to_teach(
-        load_teacher_checkpoint(recipe, factory, info), accelerator, channels_last))
+    checkpoint = Path(recipe.teacher.checkpoint) if recipe.teacher.checkpoint is not None else None
+    source = CachedTeacher(checkpoint, lambda: ready_to_teach(given_teacher(recipe, factory, info), accelerator,
+                                                              channels_last))
     _, terms, _ = build_loss_terms(recipe, with_teacher=True)
     _, teacher_paths = tap_paths(terms)
     caches = []

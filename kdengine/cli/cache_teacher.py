@@ -7,7 +7,7 @@ from kdengine.cli._args import add_recipe
 
 def add_parser(sub) -> None:
     cache = sub.add_parser("cache-teacher", help="compute a checkpoint teacher's outputs on the students' batches once")
-    add_recipe(cache, help="a recipe file (TOML) with teacher.checkpoint")
+    add_recipe(cache, help="a recipe file (TOML) with teacher.checkpoint or teacher.train = false")
     cache.add_argument("--output-dir", help="where the teacher-cache/ folder goes (default: the recipe's run.output_dir)")
     cache.add_argument("--no-progress", action="store_true", help="no progress messages")
 

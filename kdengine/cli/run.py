@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     run.add_argument("--output-dir", help="parent folder of the run folder (default: the recipe's run.output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--seeds", type=seed_list, help="repeat the run once per seed, e.g. 0,1,2, and report mean ± std")
+    run.add_argument("--teacher-from", metavar="RUN_DIR",
+                     help="use the teacher that a finished run trained (its best weights) instead of training one")
 
 
 def launch_processes(args) -> int:
@@ -49,14 +51,15 @@ def main(args) -> int:
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         return launch_processes(args)
     if args.resume:
-        if args.recipe or args.overrides or args.seeds:
-            raise KDEngineError("--resume takes the recipe from the run folder; give no recipe, --set or --seeds")
+        if args.recipe or args.overrides or args.seeds or args.teacher_from:
+            raise KDEngineError("--resume takes the recipe from the run folder; give no recipe, --set, --seeds "
+                                "or --teacher-from")
         results = api.resume(args.resume, progress=not args.no_progress)
     elif not args.recipe:
         raise KDEngineError("kdengine run: give a recipe file (or --resume RUN_DIR)")
     else:
         results = api.run(args.recipe, overrides=args.overrides, progress=not args.no_progress,
-                          output_dir=args.output_dir, seeds=args.seeds)
+                          output_dir=args.output_dir, seeds=args.seeds, teacher_from=args.teacher_from)
     if not PartialState().is_main_process:  # with several processes, one table is enough
         return 0
     print(table(results))

@@ -56,11 +56,22 @@ class DataInfo:
     class_names: tuple[str, ...] | None = None
 
 
+#: Params by which the built-in model factories start from pretrained weights.
+PRETRAINED_PARAMS = ("pretrained", "pretrained_file", "weights", "encoder_weights")
+
+
 class ModelFactory(Component):
     """Builds a teacher or student ``nn.Module`` for a dataset."""
 
     def build(self, info: DataInfo) -> nn.Module:
         raise NotImplementedError
+
+    def starts_pretrained(self) -> bool:
+        """Whether ``build`` delivers pretrained weights (downloaded, read from a file, or bundled
+        with the plugin) rather than a fresh initialisation: a teacher that trains from them is
+        reported as fine-tuned. The default reads the params named in ``PRETRAINED_PARAMS``;
+        override it when a model loads its weights another way."""
+        return any(getattr(self.params, name, None) not in (None, False) for name in PRETRAINED_PARAMS)
 
     def load(self, path: Path, info: DataInfo) -> nn.Module:
         """Build the model and load trained weights from ``path``.

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from kdengine.errors import KDEngineError, RecipeError
 from kdengine.plugins.catalog import get_catalog
-from kdengine.recipe.models import ComponentSpec, Recipe, TrainSpec
+from kdengine.recipe.models import ComponentSpec, Recipe, TrainOverride, TrainSpec
 from kdengine.recipe.problems import format_validation_error
 
 def _parse_value(text: str) -> Any:
@@ -119,7 +119,7 @@ def _component_problems(recipe: Recipe) -> list[str]:
     if not problems:
         columns = metric_columns(recipe)
         monitors = [("train.monitor", recipe.train.monitor)]
-        if recipe.teacher.train is not None:
+        if isinstance(recipe.teacher.train, TrainOverride):
             monitors.append(("teacher.train.monitor", recipe.teacher.train.monitor))
         for i, gen in enumerate(recipe.generation or []):
             if gen.train is not None:
@@ -127,7 +127,7 @@ def _component_problems(recipe: Recipe) -> list[str]:
         for where, monitor in monitors:
             if monitor is not None and monitor not in columns:
                 problems.append(f"{where}: '{monitor}' is not a metric of this recipe; known: {', '.join(columns)}")
-    trains_without_teacher = recipe.teacher.checkpoint is None or recipe.train.baseline
+    trains_without_teacher = recipe.teacher.trains or recipe.train.baseline
     if (
         trains_without_teacher
         and len(loss_classes) == len(recipe.loss)

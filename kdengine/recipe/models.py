@@ -219,7 +219,16 @@ class TrainOverride(_Section):
 class TeacherSpec(ComponentSpec):
     #: Trained teacher weights to load instead of training the teacher.
     checkpoint: Path | None = None
-    train: TrainOverride | None = None
+    #: Changes to ``[train]`` for the teacher stage (a pretrained teacher's fine-tuning: fewer
+    #: epochs, a lower lr), or ``false``: the teacher is used as its factory delivers it
+    #: (pretrained weights, or weights a plugin bundles), evaluated once and never trained.
+    train: TrainOverride | Literal[False] | None = None
+    #: The teacher stage trains only the classifier head for its first N epochs (the backbone's
+    #: weights and batch-norm statistics stay as delivered), then the whole model.
+    freeze_backbone_epochs: int = Field(0, ge=0)
+    #: With several seeds (``run.seeds``): train one teacher per seed instead of one teacher,
+    #: trained with the first seed, that every seed's students learn from.
+    per_seed: bool = False
     #: Compute the teacher's outputs on the students' augmented batches once, store them on disk
     #: (memory-mapped) and train students without the teacher in memory.
     cache: bool = False
@@ -238,6 +247,23 @@ class TeacherSpec(ComponentSpec):
     #: The teacher's memory format when it teaches (default: the stage's ``train.channels_last``;
     #: measured too under ``precision = "auto"``).
     channels_last: bool | None = None
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _true_means_train(cls, value: Any) -> Any:
+        return None if value is True else value  # ``train = true``: the [train] settings as they are
+
+    @property
+    def trains(self) -> bool:
+        """Whether the run trains the teacher (not when it is a checkpoint or ``train = false``)."""
+        return self.checkpoint is None and self.train is not False
+
+    @model_validator(mode="after")
+    def _freeze_needs_training(self) -> "TeacherSpec":
+        if self.freeze_backbone_epochs and not self.trains:
+            how = "teacher.checkpoint is given" if self.checkpoint is not None else "teacher.train = false"
+            raise ValueError(f"freeze_backbone_epochs: the teacher is not trained ({how})")
+        return self
 
 
 STAGE_NAME = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -281,7 +307,7 @@ class Recipe(_Section):
         overrides = [("teacher.train", self.teacher.train)]
         overrides += [(f"generation[{i}].train", g.train) for i, g in enumerate(self.generation or [])]
         for where, override in overrides:
-            if override is not None:
+            if isinstance(override, TrainOverride):
                 try:
                     override.apply(self.train)
                 except ValidationError as exc:
@@ -296,6 +322,10 @@ class Recipe(_Section):
                     f"(known: {', '.join(seen)})"
                 )
             seen.append(gen.name)
+        freeze = self.teacher.freeze_backbone_epochs
+        if freeze > self.teacher_train().epochs:
+            raise ValueError(f"teacher.freeze_backbone_epochs: {freeze} is more than the teacher's "
+                             f"{self.teacher_train().epochs} epochs")
         return self
 
     _source: str = PrivateAttr("<recipe>")
@@ -306,8 +336,10 @@ class Recipe(_Section):
         return self._source
 
     def teacher_train(self) -> TrainSpec:
-        """The ``[train]`` settings with the teacher's overrides applied."""
-        return self.teacher.train.apply(self.train) if self.teacher.train else self.train
+        """The ``[train]`` settings with the teacher's overrides applied (the evaluation settings
+        of a teacher that is not trained)."""
+        train = self.teacher.train
+        return train.apply(self.train) if isinstance(train, TrainOverride) else self.train
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -1,7 +1,8 @@
 """The stages of a run, in order, planned from the recipe.
 
-A plain recipe has three: ``teacher`` (trained or loaded), ``scratch`` (the student without the
-teacher, when ``train.baseline``) and ``distilled``. A progressive recipe has the teacher, then one
+A plain recipe has three: ``teacher`` (trained, fine-tuned from pretrained weights, loaded, or
+used as its factory delivers it), ``scratch`` (the student without the teacher, when
+``train.baseline``) and ``distilled``. A progressive recipe has the teacher, then one
 stage per ``[[generation]]``, each taught by an earlier stage, optionally each with its scratch
 baseline (``<name>-scratch``) and a ``direct`` stage: the last generation's student distilled
 straight from the teacher, to show whether the intermediate generations help.
@@ -29,12 +30,15 @@ class StagePlan:
     weights: Literal["best", "last"] = "best"
     #: Position in a progressive chain (the teacher is generation 1); None outside chains.
     generation: int | None = None
+    #: Epochs at the start of the stage in which only the classifier head trains.
+    freeze_backbone_epochs: int = 0
 
 
 def plan_stages(recipe: Recipe) -> list[StagePlan]:
     chain = recipe.generation is not None
     stages = [StagePlan("teacher", "teacher", recipe.teacher, "teacher", recipe.teacher_train(),
-                        generation=1 if chain else None)]
+                        generation=1 if chain else None,
+                        freeze_backbone_epochs=recipe.teacher.freeze_backbone_epochs)]
     if not chain:
         if recipe.train.baseline:
             stages.append(StagePlan("scratch", "student", recipe.student, "student", recipe.train))

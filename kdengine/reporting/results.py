@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -31,7 +32,16 @@ class StageResult(BaseModel):
     #: Human-readable model description, e.g. ``timm resnet18 (cifar_stem)``.
     model: str
     params: int
+    #: False when this run did not train the stage's weights (a teacher given as a checkpoint,
+    #: used as its factory delivers it, or shared from another seed's run).
     trained: bool = True
+    #: Where the weights come from: "trained" from the factory's fresh initialisation,
+    #: "fine-tuned" from the factory's pretrained weights, "pretrained": the factory's weights
+    #: used as delivered (``teacher.train = false``), "checkpoint": ``teacher.checkpoint``.
+    origin: Literal["trained", "fine-tuned", "pretrained", "checkpoint"] = "trained"
+    #: A teacher shared by the seeds of a multi-seed run: the seed whose run trained it. Its
+    #: numbers are that run's.
+    shared_from_seed: int | None = None
     #: The epoch whose weights are the stage's best, chosen on the monitor split.
     best_epoch: int | None = None
     #: The monitor split's metrics (val) at the best epoch and at the last.

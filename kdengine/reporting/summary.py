@@ -28,6 +28,8 @@ class StageSummary(BaseModel):
     stage: str
     model: str
     params: int
+    #: Where the first run's weights came from (see ``StageResult.origin``).
+    origin: str = "trained"
     #: The monitor split (val) at each run's best epoch and at its last.
     best: dict[str, Spread] = Field(default_factory=dict)
     last: dict[str, Spread] = Field(default_factory=dict)
@@ -45,7 +47,8 @@ class SeedSummary(BaseModel):
     runs: list[str] = Field(default_factory=list)
     stages: list[StageSummary] = Field(default_factory=list)
     seconds: float = 0.0
-    #: Where the teacher of each seed came from (one shared teacher, or one per seed).
+    #: Where the teacher of each seed came from: one teacher trained with the first seed and
+    #: shared by all (the default), one per seed (``teacher.per_seed``), a checkpoint, ...
     teacher_note: str = ""
 
     def stage(self, name: str) -> StageSummary | None:
@@ -58,7 +61,7 @@ def summarise(results: list[Results], run_dir: str, seeds: list[int]) -> SeedSum
                           monitor_split=first.monitor_split, runs=[r.run_dir for r in results])
     for stage in first.stages:
         per_seed = [r.stage(stage.stage) for r in results]
-        row = StageSummary(stage=stage.stage, model=stage.model, params=stage.params)
+        row = StageSummary(stage=stage.stage, model=stage.model, params=stage.params, origin=stage.origin)
         for field in ("best", "last", "test_best", "test_last"):
             for key in getattr(stage, field):
                 getattr(row, field)[key] = Spread.of([getattr(s, field)[key] for s in per_seed])

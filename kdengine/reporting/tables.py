@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from kdengine.reporting.results import Results, StageResult
 
 if TYPE_CHECKING:
-    from kdengine.reporting.summary import SeedSummary
+    from kdengine.reporting.summary import SeedSummary, StageSummary
 
 
 STAGE_LABELS = {"teacher": "teacher", "scratch": "student (scratch)", "distilled": "student (distilled)"}
@@ -40,6 +40,23 @@ def stage_label(stage: str) -> str:
     return STAGE_LABELS.get(stage, stage)
 
 
+def stage_title(stage: "StageResult | StageSummary") -> str:
+    """The stage's label, saying when a teacher was fine-tuned from its factory's pretrained weights."""
+    label = stage_label(stage.stage)
+    return f"{label} (fine-tuned from pretrained)" if stage.origin == "fine-tuned" else label
+
+
+def best_epoch_cell(s: StageResult) -> str:
+    """The best epoch, or why there is none (a teacher that this run did not train)."""
+    if s.origin == "pretrained":
+        cell = "pretrained, not trained"
+    elif s.best_epoch:
+        cell = str(s.best_epoch)
+    else:
+        cell = "-" if s.trained else "loaded"
+    return cell if s.shared_from_seed is None else f"{cell}, shared from seed {s.shared_from_seed}"
+
+
 def chain(results: Results) -> list[StageResult]:
     return sorted((s for s in results.stages if s.generation is not None), key=lambda s: s.generation)
 
@@ -67,9 +84,8 @@ def results_table(results: Results) -> str:
     rows = []
     for s in results.stages:
         compression = f"{teacher.params / s.params:.1f}x" if teacher and s.params else "-"
-        row = [stage_label(s.stage), s.model, format_value(s.test_best.get(monitor)),
-               format_value(s.test_last.get(monitor)), format_value(s.best.get(monitor)),
-               str(s.best_epoch) if s.best_epoch else ("loaded" if not s.trained else "-")]
+        row = [stage_title(s), s.model, format_value(s.test_best.get(monitor)),
+               format_value(s.test_last.get(monitor)), format_value(s.best.get(monitor)), best_epoch_cell(s)]
         row += [format_value(s.at_epochs.get(e, {}).get(monitor)) for e in report_epochs]
         row += [format_value(s.test_best.get(k)) for k in others]
         row += [format_params(s.params), compression]
@@ -133,7 +149,7 @@ def comparison_table(runs: list[Results]) -> str:
     rows = []
     for r in runs:
         for s in r.stages:
-            rows.append([Path(r.run_dir).name, str(r.seed), stage_label(s.stage), s.model, r.monitor,
+            rows.append([Path(r.run_dir).name, str(r.seed), stage_title(s), s.model, r.monitor,
                          format_value(s.test_best.get(r.monitor)), format_value(s.test_last.get(r.monitor)),
                          r.monitor_split, format_params(s.params)])
     return markdown_table(header, rows)
@@ -152,7 +168,7 @@ def seed_table(summary: "SeedSummary") -> str:
     rows = []
     for s in summary.stages:
         compression = f"{teacher.params / s.params:.1f}x" if teacher and s.params else "-"
-        rows.append([stage_label(s.stage), s.model, str(s.test_best.get(monitor, "-")),
+        rows.append([stage_title(s), s.model, str(s.test_best.get(monitor, "-")),
                      str(s.test_last.get(monitor, "-")), str(s.best.get(monitor, "-"))]
                     + [str(s.test_best.get(k, "-")) for k in others] + [format_params(s.params), compression])
     text = markdown_table(header, rows)

@@ -2,7 +2,8 @@
 :mod:`kdengine.teacher.cache`).
 
 The cache is keyed by everything that changes the teacher's outputs on the student's batches:
-the teacher's weights, the data and its fingerprint, the seed (which fixes the data order and
+the teacher's weights (its file's hash, or its state dict's for a teacher as its factory
+delivers it), the data and its fingerprint, the seed (which fixes the data order and
 every augmentation draw), the batch layout over processes, and the precision the teacher runs in.
 """
 
@@ -15,7 +16,6 @@ import torch
 from accelerate.utils import slice_tensors
 
 from kdengine.errors import KDEngineError, located
-from kdengine.io.fingerprint import file_sha256
 from kdengine.reporting.progress import console
 from kdengine.teacher.cache import Layout, TeacherCache
 from kdengine.teacher.precision import teacher_runner
@@ -54,7 +54,7 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
         )
     fingerprint = getattr(ctx.provider, "fingerprint", None)
     parts = {
-        "teacher_weights": file_sha256(source.weights_file),
+        "teacher_weights": source.weights_key(),
         "data": recipe.data.model_dump(mode="json"),
         "data_fingerprint": fingerprint() if callable(fingerprint) else None,
         "train_rows": rows,

@@ -21,7 +21,9 @@ import torch
 from accelerate.utils import slice_tensors
 from torch import nn
 
+from kdengine.io.fingerprint import file_sha256
 from kdengine.io.state import rng_state, set_rng_state
+from kdengine.teacher.cache import tensor_digest
 from kdengine.teacher.cached import default_cache_root, open_teacher_cache
 from kdengine.teacher.precision import TeacherRunner, teacher_runner
 
@@ -83,19 +85,35 @@ class InlineTeacher(TeacherSource):
 
 class CachedTeacher(TeacherSource):
     """Outputs read from the teacher-output cache; the teacher itself (``load()``) is only loaded
-    when the cache is missing epochs."""
+    when the cache is missing epochs, or to key a teacher that has no weights file."""
 
-    def __init__(self, weights_file: Path, load: Callable[[], nn.Module]):
-        #: Part of the cache key: another teacher is another cache.
-        self.weights_file = Path(weights_file)
-        self.load = load
+    def __init__(self, weights_file: Path | None, load: Callable[[], nn.Module]):
+        #: The teacher's weights file (a trained stage's, a checkpoint), or None for a teacher as
+        #: its factory delivers it.
+        self.weights_file = Path(weights_file) if weights_file is not None else None
+        self._load = load
+        self._model: nn.Module | None = None
         self.cache = None
+
+    def weights_key(self) -> str:
+        """The cache key's part for the teacher's weights: another teacher is another cache. A
+        file is hashed as it is; a teacher without one is built and its state dict hashed."""
+        if self.weights_file is not None:
+            return file_sha256(self.weights_file)
+        if self._model is None:
+            self._model = self._load()  # kept for load(): a missing cache needs it next
+        return tensor_digest(self._model)
+
+    def load(self) -> nn.Module:
+        model, self._model = self._model, None
+        return model if model is not None else self._load()
 
     def start(self, ctx, plan, feature_paths, steps, first_inputs) -> None:
         self.ctx, self.feature_paths = ctx, feature_paths
         rng = rng_state()  # building the cache (a teacher's init, ...) must not move the stage's generators
         self.cache = open_teacher_cache(ctx, plan, self, feature_paths, steps,
                                         default_cache_root(ctx.recipe, ctx.folder.path.parent))
+        self._model = None  # students train without the teacher in memory
         set_rng_state(rng)
 
     def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:

@@ -3,7 +3,8 @@ weights asked for, with the recipe's metrics (or others named on the command lin
 
 Nothing is trained and nothing in the run folder is changed: the same data, the same models
 built from the same recipe, the weights read from ``checkpoints/<stage>/{best,last}.safetensors``
-(a teacher given as a checkpoint from that file).
+(a teacher given as a checkpoint from that file; one used as its factory delivers it is
+built again, the same under the run's seed).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kdengine.train.accelerator import make_accelerator
 from kdengine.train.context import eval_loader, open_dataset, split_of
 from kdengine.train.evaluate import Scorer, build_metrics
 from kdengine.train.models import count_parameters, describe, ready_to_teach
-from kdengine.train.run import load_teacher_checkpoint
+from kdengine.teacher.given import given_teacher
 
 
 @dataclass
@@ -91,8 +92,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", weights: str = "be
     for name in wanted:
         plan = plans[name]
         factory = catalog.get(plan.role, plan.spec.name)(plan.spec.params)
-        if name == "teacher" and recipe.teacher.checkpoint is not None:
-            model = load_teacher_checkpoint(recipe, factory, info)
+        if name == "teacher" and not recipe.teacher.trains:
+            model = given_teacher(recipe, factory, info)
         else:
             model = factory.load(run_dir / "checkpoints" / name / f"{weights}.safetensors", info)
         model = ready_to_teach(model, accelerator, plan.train.channels_last)

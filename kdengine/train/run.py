@@ -17,16 +17,17 @@ from pathlib import Path
 from accelerate.utils import set_seed
 from torch import nn
 
-from kdengine.errors import CheckpointError, located
+from kdengine.errors import located
 from kdengine.io.rundir import RunFolder
 from kdengine.io.state import TrainingState
 from kdengine.plugins.catalog import get_catalog
-from kdengine.plugins.components import DataInfo, ModelFactory
+from kdengine.plugins.components import ModelFactory
 from kdengine.recipe import Recipe, monitored_metric
 from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.report import finish_run_report
 from kdengine.reporting.results import SKIPPED_LISTED, Results, StageResult
 from kdengine.reporting.tracking import RunTracking
+from kdengine.teacher.given import given_teacher, load_teacher_checkpoint  # noqa: F401 (the tools import it here)
 from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.context import RunContext, open_dataset, open_splits, warn_skipped
@@ -35,47 +36,40 @@ from kdengine.train.models import count_parameters, describe, ready_to_teach
 from kdengine.train.stage import train_stage
 
 
-def load_teacher_checkpoint(recipe: Recipe, factory: ModelFactory, info: DataInfo) -> nn.Module | None:
-    """The teacher from ``teacher.checkpoint``, or None when the recipe trains it."""
-    if recipe.teacher.checkpoint is None:
-        return None
-    path = Path(recipe.teacher.checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"{recipe.source}: teacher.checkpoint: file not found: {path}")
-    with located(recipe.source, "teacher.checkpoint"):
-        return factory.load(path, info)
-
-
 class StageWeights:
-    """The weights of every finished stage (and of a teacher given as a checkpoint): which file
-    holds them, the model loaded from it, and the teacher source they make for a later stage.
+    """The weights of every finished stage (and of a teacher the run does not train: a checkpoint,
+    or the model as its factory delivers it): which file holds them, the model loaded from it, and
+    the teacher source they make for a later stage.
 
     Models are kept in memory once loaded, unless the teacher-output cache is on: then students
     train without their teacher in memory, and each model is loaded only when needed.
     """
 
-    def __init__(self, ctx: RunContext, factories: dict[str, ModelFactory], given_teacher: nn.Module | None):
+    def __init__(self, ctx: RunContext, factories: dict[str, ModelFactory], given: nn.Module | None):
         self.ctx, self.factories = ctx, factories
-        self.checkpoint = Path(ctx.recipe.teacher.checkpoint) if given_teacher is not None else None
+        #: The teacher is given, not trained in this run.
+        self.given = given is not None
+        self.checkpoint = Path(ctx.recipe.teacher.checkpoint) if ctx.recipe.teacher.checkpoint is not None else None
         self.keep = not ctx.recipe.teacher.cache
         self.trains = {plan.name: plan.train for plan in plan_stages(ctx.recipe)}
         self.loaded: dict[str, nn.Module] = {}
-        if given_teacher is not None and self.keep:
-            self.loaded["teacher"] = self._ready(given_teacher, "teacher")
+        if given is not None and self.keep:
+            self.loaded["teacher"] = self._ready(given, "teacher")
 
     def _ready(self, model: nn.Module, stage: str) -> nn.Module:
         return ready_to_teach(model, self.ctx.accelerator, self.trains[stage].channels_last)
 
-    def file(self, stage: str, which: str) -> Path:
-        if stage == "teacher" and self.checkpoint is not None:
+    def file(self, stage: str, which: str) -> Path | None:
+        """The file of a stage's weights; None for a teacher as its factory delivers it."""
+        if stage == "teacher" and self.given:
             return self.checkpoint
         return self.ctx.folder.path / self.ctx.folder.checkpoint_path(stage, which)
 
     def model(self, stage: str, which: str = "best") -> nn.Module:
         if which == "best" and stage in self.loaded:
             return self.loaded[stage]
-        if stage == "teacher" and self.checkpoint is not None:
-            model = load_teacher_checkpoint(self.ctx.recipe, self.factories[stage], self.ctx.info)
+        if stage == "teacher" and self.given:
+            model = given_teacher(self.ctx.recipe, self.factories[stage], self.ctx.info)
         else:
             model = self.factories[stage].load(self.file(stage, which), self.ctx.info)
         model = self._ready(model, stage)
@@ -87,7 +81,7 @@ class StageWeights:
         """What teaches ``plan``: nothing, the teaching stage's weights inline, or their cache."""
         if plan.teacher is None:
             return NoTeacher()
-        which = "best" if plan.teacher == "teacher" and self.checkpoint is not None else plan.weights
+        which = "best" if plan.teacher == "teacher" and self.given else plan.weights
         if self.ctx.recipe.teacher.cache:
             return CachedTeacher(self.file(plan.teacher, which), lambda: self.model(plan.teacher, which))
         return InlineTeacher(self.model(plan.teacher, which))
@@ -97,24 +91,29 @@ class StageWeights:
 
 
 def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module) -> StageResult:
-    """A teacher given as a checkpoint is evaluated once on the monitor split and once on test,
-    not trained."""
+    """A teacher the run does not train (a checkpoint, or as its factory delivers it) is
+    evaluated once on the monitor split and once on test."""
     def score(data):
         return ctx.scorer(teacher, ctx.accelerator.prepare_data_loader(ctx.eval_loader(data, plan.train)),
                           plan.train.channels_last)
 
     monitored = score(ctx.monitor_set)
     tested = monitored if ctx.recipe.train.monitor_split == "test" else score(ctx.test_set)
+    checkpoint = plan.spec.checkpoint
     return StageResult(stage="teacher", model=describe(plan.spec), params=count_parameters(teacher), trained=False,
+                       origin="checkpoint" if checkpoint is not None else "pretrained",
                        best=monitored, last=monitored, test_best=tested, test_last=tested,
-                       checkpoint=str(plan.spec.checkpoint), generation=plan.generation)
+                       checkpoint=str(checkpoint) if checkpoint is not None else None, generation=plan.generation)
 
 
 def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Path | None = None,
-            folder_name: str | None = None, resume_dir: Path | None = None) -> Results:
+            folder_name: str | None = None, resume_dir: Path | None = None,
+            shared_teacher: StageResult | None = None) -> Results:
     """Run every stage of a recipe with one seed and return its results (also written to the run
     folder). With ``resume_dir``, finished stages are reused and an interrupted one continues from
-    its last finished epoch."""
+    its last finished epoch. ``shared_teacher``: the teacher stage's record from the run that
+    trained the teacher (whose weights are ``teacher.checkpoint``), reported instead of scoring
+    the same weights again."""
     started = time.perf_counter()
     recipe = with_seed(recipe, seed)  # the run folder's recipe records the seed actually used
     accelerator = make_accelerator(recipe.train.mixed_precision, recipe.train.log_with)
@@ -124,14 +123,14 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     provider, info = open_dataset(recipe)
     plans = plan_stages(recipe)
     factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
-    given_teacher = load_teacher_checkpoint(recipe, factories["teacher"], info)
+    given = given_teacher(recipe, factories["teacher"], info)
     train_set, monitor_set, test_set = open_splits(recipe, provider)
     skipped = provider.skipped_samples()
     if skipped and accelerator.is_main_process:
         warn_skipped(recipe, skipped)
     # Every architecture is built once before the run folder exists: a bad model parameter stops
     # the run now, not after hours of teacher training.
-    distinct = {describe(p.spec): p for p in plans if p.name != "teacher" or given_teacher is None}
+    distinct = {describe(p.spec): p for p in plans if p.name != "teacher" or given is None}
     for plan in distinct.values():
         with located(recipe.source, plan.where):
             factories[plan.name].build(info)
@@ -155,12 +154,14 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=seed, monitor=monitor,
                       higher_is_better=higher_is_better, monitor_split=recipe.train.monitor_split,
                       skipped_samples=len(skipped), skipped_files=skipped[:SKIPPED_LISTED])
-    weights = StageWeights(ctx, factories, given_teacher)
-    del given_teacher  # StageWeights holds it when it is kept in memory
+    weights = StageWeights(ctx, factories, given)
+    del given  # StageWeights holds it when it is kept in memory
     for plan in plans:
         if plan.name in finished:
             result = finished[plan.name]
-        elif plan.name == "teacher" and weights.checkpoint is not None:
+        elif plan.name == "teacher" and shared_teacher is not None:
+            result = shared_teacher
+        elif plan.name == "teacher" and weights.given:
             result = evaluate_given_teacher(ctx, plan, weights.model("teacher"))
         else:
             state = None
@@ -169,6 +170,8 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
                 state = TrainingState.load(state_file) if state_file.is_file() else None
                 folder.forget_epochs_after(plan.name, state.epoch if state else 0)
             result = train_stage(ctx, plan, factories[plan.name], weights.source_for(plan), resume=state)
+            if plan.role == "teacher" and factories[plan.name].starts_pretrained():
+                result.origin = "fine-tuned"
         if weights.keep:
             weights.model(plan.name)
         accelerator.free_memory()

@@ -27,6 +27,7 @@ from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.context import RunContext
 from kdengine.train.evaluate import is_better
+from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
 from kdengine.train.models import count_parameters, describe, ready_to_teach
 from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths
@@ -92,6 +93,9 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     with located(ctx.recipe.source, plan.where):
         model = factory.build(ctx.info)
     n_params = count_parameters(model)
+    freeze = BackboneFreeze(model, plan.freeze_backbone_epochs, f"{ctx.recipe.source}: {plan.where}",
+                            accelerator.num_processes)
+    freeze.hold_statistics()  # the set-up passes below must not move frozen batch-norm statistics either
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     specs, terms, weights = build_loss_terms(ctx.recipe, with_teacher=source.teaches)
@@ -136,6 +140,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         for epoch in range(first_epoch, train.epochs + 1):
             train_loader.set_epoch(epoch)
             objective.train()
+            freeze.start_epoch(epoch)
             epoch_start = time.perf_counter()
             sums = torch.zeros(len(terms) + 1, device=ctx.device)
             seen = skipped = 0
