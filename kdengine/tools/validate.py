@@ -26,7 +26,7 @@ from kdengine.tools.layers import Layer, format_layers, model_layers
 from kdengine.train.context import open_dataset, open_splits
 from kdengine.train.models import count_parameters, describe
 from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths
-from kdengine.train.run import load_teacher_checkpoint
+from kdengine.teacher.given import load_teacher_checkpoint
 from kdengine.train.tensors import prepare_inputs
 
 

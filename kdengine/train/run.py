@@ -27,7 +27,7 @@ from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.report import finish_run_report
 from kdengine.reporting.results import SKIPPED_LISTED, Results, StageResult
 from kdengine.reporting.tracking import RunTracking
-from kdengine.teacher.given import given_teacher, load_teacher_checkpoint  # noqa: F401 (the tools import it here)
+from kdengine.teacher.given import given_teacher
 from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.context import RunContext, open_dataset, open_splits, warn_skipped
