@@ -8,10 +8,12 @@ import copy
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from rich.console import Console
+from safetensors.torch import load_file
 from conftest import TINY_RECIPE
 from torch import nn
 
@@ -304,6 +306,25 @@ def test_two_terms_of_one_name_are_logged_apart(interrupted_and_resumed):
         assert record.losses["kl_div"] != record.losses["kl_div#2"]  # temperatures 4 and 1
     lines = [json.loads(l) for l in (interrupted_and_resumed["run_dir"] / "metrics.jsonl").read_text().splitlines()]
     assert any("kl_div#2" in json.dumps(line) for line in lines)
+
+
+def test_measuring_changes_nothing_in_training(tmp_path):
+    """A stage with an auto weight ends bitwise where the same stage with that weight written in
+    does: the measurement moved no BatchNorm statistic, no generator, no data order."""
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["data"]["params"].update(val_size=32, test_size=32)
+    recipe["teacher"]["train"] = {"epochs": 1}
+    recipe["train"].update(baseline=False, balance_steps=2)
+    recipe["loss"][0].update(weight="auto", share=0.5)
+    auto = kdengine.run(recipe, progress=False, output_dir=tmp_path / "auto")
+    weight = auto.stage("distilled").loss_weights["kl_div"]
+    recipe["loss"][0] = {**recipe["loss"][0], "weight": weight}
+    del recipe["loss"][0]["share"]
+    fixed = kdengine.run(recipe, progress=False, output_dir=tmp_path / "fixed")
+    assert fixed.stage("distilled").loss_weights == {}
+    got, expected = (load_file(str(Path(r.run_dir) / "checkpoints" / "distilled" / "last.safetensors"))
+                     for r in (auto, fixed))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
 
 # ---------------------------------------------------------------------------------------------

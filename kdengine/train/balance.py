@@ -126,6 +126,8 @@ def measure_gradient_norms(objective: StudentObjective, batches: Iterable[Batch]
                 sums = norms if sums is None else [a + b for a, b in zip(sums, norms)]
                 counted += 1
     finally:
+        if hasattr(batches, "close"):  # a generator over a data loader: let its workers go now
+            batches.close()
         with torch.no_grad():
             for name, buffer in objective.named_buffers():
                 buffer.copy_(buffers[name])
