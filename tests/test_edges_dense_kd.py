@@ -347,7 +347,7 @@ def test_registered_and_listed(capsys):
 
 TINY_EDGE = {
     "run": {"name": "edge-dense-kd", "seed": 0},
-    "data": {"name": "synthetic_edges", "params": {"size": 32, "train_size": 8, "eval_size": 4}},
+    "data": {"name": "synthetic_edges", "params": {"size": 32, "train_size": 8, "val_size": 4, "test_size": 4}},
     "teacher": {"name": "unet", "params": TEACHER, "train": {"epochs": 1}},
     "student": {"name": "unet", "params": STUDENT},
     "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "baseline": False,

@@ -26,6 +26,7 @@ from kdengine.errors import KDEngineError, RecipeError
 from kdengine.plugins.catalog import get_catalog
 from kdengine.recipe.models import ComponentSpec, Recipe, TrainOverride, TrainSpec
 from kdengine.recipe.problems import format_validation_error
+from kdengine.recipe.shares import shares_problem
 
 def _parse_value(text: str) -> Any:
     try:
@@ -137,7 +138,21 @@ def _component_problems(recipe: Recipe) -> list[str]:
             "loss: every loss term needs the teacher, so the teacher and the baseline student have "
             "nothing to train on; add a term such as cross_entropy"
         )
+    if len(loss_classes) == len(recipe.loss):
+        problems += _share_problems(recipe, [cls.needs_teacher for cls in loss_classes], trains_without_teacher)
     return problems
+
+
+def _share_problems(recipe: Recipe, needs_teacher: list[bool], trains_without_teacher: bool) -> list[str]:
+    """The auto terms' shares, checked now rather than at the start of a stage hours later: in
+    the taught stages (every term) and in those without a teacher (the terms that need none)."""
+    labels = [f"loss[{i}]" for i in range(len(recipe.loss))]
+    found = [shares_problem(recipe.loss, labels)]
+    kept = [i for i, needs in enumerate(needs_teacher) if not needs]
+    if trains_without_teacher and 0 < len(kept) < len(recipe.loss):
+        found.append(shares_problem([recipe.loss[i] for i in kept], [labels[i] for i in kept],
+                                    " in the stages without a teacher"))
+    return [problem for problem in found if problem]
 
 
 def load_recipe(source: str | Path | Mapping[str, Any] | Recipe, overrides: Iterable[str] = ()) -> Recipe:

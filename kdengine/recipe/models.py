@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PlainValidator, PrivateAttr, Tag,
+                      ValidationError, field_validator, model_validator)
 
 from kdengine.recipe.trackers import check_tracker_names, supported_trackers
 from kdengine.recipe.problems import format_validation_error
@@ -33,8 +33,35 @@ class ComponentSpec(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def _loss_weight(value: Any) -> float | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError('input should be a number or "auto"')
+    if value < 0:
+        raise ValueError('input should be greater than or equal to 0 (or "auto")')
+    return float(value)
+
+
+#: A loss term's weight: a number, or "auto" (measured before the stage's first step).
+LossWeight = Annotated[Union[float, Literal["auto"]],
+                       PlainValidator(_loss_weight, json_schema_input_type=Union[Annotated[float, Field(ge=0)],
+                                                                                 Literal["auto"]])]
+
+
 class LossSpec(ComponentSpec):
-    weight: float = Field(1.0, ge=0)
+    #: A number, or "auto": chosen from each term's gradient norm, measured on the stage's first
+    #: ``train.balance_steps`` batches, so that this term makes ``share`` of the total gradient.
+    weight: LossWeight = 1.0
+    #: With ``weight = "auto"``: this term's share of the total gradient norm, in (0, 1);
+    #: default: 1 / the number of terms in the stage.
+    share: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _share_needs_auto(self) -> "LossSpec":
+        if self.share is not None and self.weight != "auto":
+            raise ValueError('share: only a term with weight = "auto" has a share; give weight = "auto" or drop share')
+        return self
 
 
 class DataSpec(ComponentSpec):
@@ -169,6 +196,9 @@ class TrainSpec(_Section):
     #: Memory budget ("4GiB", "512MiB"): the largest micro-batch that fits is measured and the
     #: batch is trained with gradient accumulation (process memory on CPU, device memory on GPU).
     max_memory: str | None = None
+    #: Batches at the start of a stage on which the gradient of each loss term is measured, for
+    #: the terms with ``weight = "auto"`` (no update is made on them).
+    balance_steps: int = Field(5, ge=1)
 
     @field_validator("max_memory")
     @classmethod
@@ -206,6 +236,7 @@ class TrainOverride(_Section):
     grad_clip: float | None = Field(None, gt=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     max_memory: str | None = None
+    balance_steps: int | None = Field(None, ge=1)
 
     def apply(self, base: TrainSpec) -> TrainSpec:
         update = self.model_dump(exclude_unset=True)

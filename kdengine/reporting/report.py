@@ -9,7 +9,7 @@ from pathlib import Path
 from kdengine.io.atomic import atomic_write_text
 from kdengine.reporting.figures import plot_curves, plot_generations
 from kdengine.reporting.results import Results
-from kdengine.reporting.tables import generation_table, results_table, seed_table, split_names
+from kdengine.reporting.tables import generation_table, loss_weights_note, results_table, seed_table, split_names
 
 
 def title_note(results) -> str:
@@ -23,6 +23,9 @@ def write_report(results: Results, run_dir: Path, sample_figure: Path | None = N
     curves = plot_curves(results, run_dir / "curves.png")
     generations = plot_generations(results, run_dir / "generations.png")
     lines = [f"# {results.name} (seed {results.seed}){title_note(results)}", "", results_table(results), ""]
+    weights_note = loss_weights_note(results)
+    if weights_note:
+        lines += [weights_note, ""]
     gen_table = generation_table(results)
     if gen_table:
         lines += ["## Generations", "", gen_table, ""]

@@ -61,6 +61,9 @@ class StageResult(BaseModel):
     generation: int | None = None
     #: Rows per forward/backward pass when ``train.max_memory`` split the batch (None: whole batch).
     micro_batch: int | None = None
+    #: The loss weights the stage trained with, by term (``name``, ``name#2`` for a second term of
+    #: the same name), when some were ``"auto"``: measured before its first step (empty otherwise).
+    loss_weights: dict[str, float] = Field(default_factory=dict)
 
 
 class Results(BaseModel):

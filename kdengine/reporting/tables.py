@@ -97,6 +97,16 @@ def results_table(results: Results) -> str:
     return text
 
 
+def loss_weights_note(results: Results) -> str:
+    """The loss weights of the stages whose ``weight = "auto"`` terms were measured ("" if none)."""
+    lines = [f"- {stage_label(s.stage)}: " + ", ".join(f"{key} {weight:.4g}" for key, weight in s.loss_weights.items())
+             for s in results.stages if s.loss_weights]
+    if not lines:
+        return ""
+    return "\n".join(['Loss weights (terms with `weight = "auto"` measured on the first `train.balance_steps` '
+                      "train batches of their stage, then fixed):", ""] + lines)
+
+
 def distillation_gain(results: Results) -> str:
     """One sentence: how much distillation moved the student on test (best weights), and how much
     of the teacher-scratch gap it closed."""

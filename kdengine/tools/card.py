@@ -37,7 +37,8 @@ def model_card(report: "ExportReport", recipe: "Recipe", scratch: dict[str, floa
         f"- **Stage:** {report.stage}",
         f"- **{'Student' if s.role == 'student' else 'Model'}:** {s.description}",
         f"- **Teacher:** {t.description if t else describe(recipe.teacher) + ' (weights not found)'}",
-        "- **Loss:** " + " + ".join(f"{l.weight:g} x {l.name}" for l in recipe.loss),
+        "- **Loss:** " + " + ".join(f"{l.weight if l.weight == 'auto' else format(l.weight, 'g')} x {l.name}"
+                                   for l in recipe.loss),
         f"- **File:** `{report.path.name}`, {file_size(report.file_bytes)}",
         f"- **Input:** {tuple(report.checked_shapes[0][1:])} per image ({dynamic})"
         if report.format == "onnx" else f"- **Input:** {tuple(report.checked_shapes[0][1:])} per image",

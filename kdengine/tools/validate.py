@@ -18,6 +18,7 @@ from kdengine.errors import KDEngineError, located
 from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.features import FeatureTaps
 from kdengine.recipe import Recipe, load_recipe
+from kdengine.recipe.shares import AUTO, stage_shares
 from kdengine.recipe.stages import plan_stages
 from kdengine.reporting.tracking import check_installed
 from kdengine.teacher.precision import InferenceSetting, TeacherRunner, candidates, choose
@@ -25,8 +26,9 @@ from kdengine.teacher.replay import BatchAugmentStream, SeededItems, check_repla
 from kdengine.tools.layers import Layer, format_layers, model_layers
 from kdengine.train.context import open_dataset, open_splits
 from kdengine.train.models import count_parameters, describe
-from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths
 from kdengine.teacher.given import load_teacher_checkpoint
+from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_norms, solve_weights
+from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths, term_keys
 from kdengine.train.tensors import prepare_inputs
 
 
@@ -45,6 +47,8 @@ class DryRunReport:
     batch_shape: tuple[int, ...]
     models: list[ModelReport] = field(default_factory=list)
     loss_values: dict[str, float] = field(default_factory=dict)
+    #: How the ``weight = "auto"`` terms were weighted for the batch's loss values, per pair.
+    loss_weights: list[str] = field(default_factory=list)
     peak_memory_bytes: int = 0
     memory_measured: bool = False
     #: Seconds per 32-image teacher forward for each candidate setting (``teacher.precision = "auto"``).
@@ -63,6 +67,7 @@ class DryRunReport:
                        f"{m.forward_flops / 1e9:.3f} GFLOPs per batch forward, {m.seconds * 1e3:.0f} ms")
         for name, value in self.loss_values.items():
             out.append(f"  loss {name}: {value:.4f}")
+        out += [f"  {line}" for line in self.loss_weights]
         if self.teacher_inference:
             fastest = min(self.teacher_inference, key=self.teacher_inference.get)
             for setting, seconds in self.teacher_inference.items():
@@ -138,9 +143,13 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     pairs = [p for p in plans if p.teacher is not None]
     for plan in pairs:
         prefix = f"{plan.name}: " if len(pairs) > 1 else ""
-        values, memory = _check_pair(recipe, models[plan.teacher].eval().requires_grad_(False),
-                                     models[plan.name], inputs, targets)
+        values, memory, balanced = _check_pair(recipe, models[plan.teacher].eval().requires_grad_(False),
+                                               models[plan.name], inputs, targets)
         report.loss_values.update({prefix + k: v for k, v in values.items()})
+        if balanced is not None:
+            report.loss_weights.append(prefix + balanced.describe(
+                how="measured on this one batch; training measures on each stage's first "
+                    f"train.balance_steps = {plan.train.balance_steps} batches"))
         report.peak_memory_bytes = max(report.peak_memory_bytes, memory)
     if torch.cuda.is_available() and inputs.is_cuda:
         report.peak_memory_bytes = torch.cuda.max_memory_allocated()
@@ -157,15 +166,24 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     return report
 
 
-def _check_pair(recipe: Recipe, teacher, student, inputs, targets) -> tuple[dict[str, float], int]:
-    """Loss values for one teacher -> student pair, and the training-memory estimate."""
+def _check_pair(recipe: Recipe, teacher, student, inputs,
+                targets) -> tuple[dict[str, float], int, LossWeights | None]:
+    """Loss values for one teacher -> student pair, the training-memory estimate, and the weights
+    of its ``weight = "auto"`` terms (measured on this one batch, as a stage does on its first
+    ``train.balance_steps``), None when no weight is auto."""
     specs, terms, weights = build_loss_terms(recipe, with_teacher=True)
+    balanced = None
     _, teacher_paths = tap_paths(terms)
     teacher_taps = FeatureTaps(teacher, teacher_paths, role="teacher") if teacher_paths else None
     runner = TeacherRunner(teacher, teacher_taps, InferenceSetting("no", recipe.train.channels_last))
     objective = None
     try:
         objective = set_up_objective(student, terms, inputs, targets, runner)
+        if AUTO in weights:
+            norms, _ = measure_gradient_norms(objective, [(inputs, targets, lambda x, rows: runner(x))])
+            shares = stage_shares(specs)
+            weights = solve_weights(weights, shares, norms, loss_labels(recipe, specs), recipe.source)
+            balanced = LossWeights(term_keys(specs), weights, shares, 1)
         t_out, t_feats = runner(inputs)
         saved = [0]
 
@@ -181,9 +199,9 @@ def _check_pair(recipe: Recipe, teacher, student, inputs, targets) -> tuple[dict
         runner.close()
         if objective is not None:
             objective.close()
-    losses = {s.name: float(v.detach()) for s, v in zip(specs, values)}
+    losses = {key: float(v.detach()) for key, v in zip(term_keys(specs), values)}
     losses["total"] = float(total.detach())
     trainable = sum(p.numel() * p.element_size() for p in objective.parameters())
     optimizer_slots = 1 if recipe.train.optimizer.name == "sgd" else 2
     frozen_teacher = sum(p.numel() * p.element_size() for p in teacher.parameters())
-    return losses, trainable * (2 + optimizer_slots) + frozen_teacher + saved[0]
+    return losses, trainable * (2 + optimizer_slots) + frozen_teacher + saved[0], balanced

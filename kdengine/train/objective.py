@@ -16,15 +16,17 @@ from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import LossContext, LossTerm
 from kdengine.plugins.features import FeatureTaps
 from kdengine.recipe import LossSpec, Recipe
+from kdengine.recipe.shares import AUTO
 
 #: ``teach(inputs) -> (teacher output, {path: teacher feature})``; ``(None, {})`` without a teacher.
 Teach = Callable[[torch.Tensor], tuple[Any, dict[str, torch.Tensor]]]
 
 
-def build_loss_terms(recipe: Recipe, with_teacher: bool) -> tuple[list[LossSpec], list[LossTerm], list[float]]:
-    """The loss terms of a stage and their weights.
+def build_loss_terms(recipe: Recipe, with_teacher: bool) -> tuple[list[LossSpec], list[LossTerm], list[float | str]]:
+    """The loss terms of a stage and their weights (``"auto"`` where the recipe says so: those
+    are measured by :mod:`kdengine.train.balance`).
 
-    Stages without a teacher keep only the terms that do not need one, with their weights
+    Stages without a teacher keep only the terms that do not need one, with their fixed weights
     renormalised to sum to 1 (for ``0.9 * KD + 0.1 * CE`` the baseline trains on ``1.0 * CE``).
     """
     catalog = get_catalog()
@@ -37,13 +39,25 @@ def build_loss_terms(recipe: Recipe, with_teacher: bool) -> tuple[list[LossSpec]
         terms.append(cls(spec.params))
     weights = [spec.weight for spec in specs]
     if not with_teacher:
-        total = sum(weights)
-        if total <= 0:
+        total = sum(w for w in weights if w != AUTO)
+        if total > 0:
+            weights = [w if w == AUTO else w / total for w in weights]
+        elif AUTO not in weights:
             raise KDEngineError(
                 f"{recipe.source}: loss: the terms that do not need the teacher have zero total weight"
             )
-        weights = [w / total for w in weights]
     return specs, terms, weights
+
+
+def term_keys(specs: list[LossSpec]) -> list[str]:
+    """One key per term for logs and records: its name, ``name#2``, ``name#3`` ... for the second
+    and later terms of the same name (two ``cwd`` terms on different layers are two columns)."""
+    counts: dict[str, int] = {}
+    keys = []
+    for spec in specs:
+        counts[spec.name] = counts.get(spec.name, 0) + 1
+        keys.append(spec.name if counts[spec.name] == 1 else f"{spec.name}#{counts[spec.name]}")
+    return keys
 
 
 def tap_paths(terms: list[LossTerm]) -> tuple[list[str], list[str]]:

@@ -20,17 +20,19 @@ from kdengine.errors import DataError, located
 from kdengine.io.state import TrainingState, rng_state, set_rng_state
 from kdengine.plugins.components import ModelFactory
 from kdengine.recipe import monitored_metric
+from kdengine.recipe.shares import AUTO
 from kdengine.recipe.stages import StagePlan
 from kdengine.reporting.progress import StageProgress
 from kdengine.reporting.results import EpochRecord, StageResult
 from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
+from kdengine.train.balance import balance_stage, first_batches
 from kdengine.train.context import RunContext
 from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
 from kdengine.train.models import count_parameters, describe, ready_to_teach
-from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths
+from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths, term_keys
 from kdengine.train.optim import Schedule, build_optimizer
 from kdengine.train.step import on_problem, train_step
 from kdengine.train.tensors import prepare_inputs, to_device
@@ -99,7 +101,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     specs, terms, weights = build_loss_terms(ctx.recipe, with_teacher=source.teaches)
-    term_names = [s.name for s in specs]
+    term_names = term_keys(specs)
     train_loader, monitor_loader = ctx.train_loader(train), ctx.eval_loader(ctx.monitor_set, train)
     if len(train_loader) == 0:
         raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
@@ -115,13 +117,20 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                                      device=ctx.device)
     micro_batch = None
     if train.max_memory is not None:
-        micro_batch = plan_memory(ctx, train, objective, weights, term_names, inputs, targets, first).micro_batch
+        provisional = [1.0 if w == AUTO else w for w in weights]  # weights do not change the memory
+        micro_batch = plan_memory(ctx, train, objective, provisional, term_names, inputs, targets, first).micro_batch
+    balanced = balance_stage(ctx, plan, objective, specs, weights, term_names,
+                             lambda count: first_batches(ctx, plan, augment, source, count), steps, micro_batch,
+                             recorded=resume.result.loss_weights if resume is not None else None)
+    if balanced is not None:
+        weights = balanced.weights
 
     optimizer = build_optimizer(objective.parameters(), train.optimizer)
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
     schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
     result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
-                         generation=plan.generation, micro_batch=micro_batch)
+                         generation=plan.generation, micro_batch=micro_batch,
+                         loss_weights=balanced.record() if balanced is not None else {})
     best_value, first_epoch = None, 1
     if resume is not None:
         objective.load_state_dict(resume.objective)
