@@ -61,10 +61,12 @@ class ContrastiveRepresentation(LossTerm):
         self.student_head: nn.Module | None = None
         self.teacher_head: nn.Module | None = None
         q, d = self.params.queue_size, self.params.feature_dim
-        self.register_buffer("queue_student", torch.zeros(q, d), persistent=False)
-        self.register_buffer("queue_teacher", torch.zeros(q, d), persistent=False)
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("queue_next", torch.zeros((), dtype=torch.long), persistent=False)
+        # Persistent: the queue and its pointer are training state, saved with the objective for
+        # an exact resume (the exported weights hold the student alone, never its loss terms).
+        self.register_buffer("queue_student", torch.zeros(q, d))
+        self.register_buffer("queue_teacher", torch.zeros(q, d))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
 
     def student_taps(self) -> list[str]:
         return [self.params.student_layer]
