@@ -67,7 +67,7 @@ class TeacherRunner:
         with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                                     enabled=dtype is not None):
             output = self.model(inputs)
-            features = dict(self.taps.features) if self.taps else {}
+            features = self.taps.collect() if self.taps else {}
         return output.clone(), {k: v.clone() for k, v in features.items()}
 
     def close(self) -> None:
