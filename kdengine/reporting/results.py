@@ -51,6 +51,9 @@ class StageResult(BaseModel):
     generation: int | None = None
     #: Rows per forward/backward pass when ``train.max_memory`` split the batch (None: whole batch).
     micro_batch: int | None = None
+    #: With micro-batches: the loss terms (recipe names) and BatchNorm layers that saw each
+    #: micro-batch instead of the whole batch, so the gradient was not the whole batch's.
+    micro_batch_coupled: list[str] = Field(default_factory=list)
 
 
 class Results(BaseModel):

@@ -109,15 +109,16 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     with accelerator.autocast():
         objective = set_up_objective(model, terms, inputs, targets, lambda x: first(x, slice(0, len(x))),
                                      device=ctx.device)
-    micro_batch = None
+    micro_batch, coupled = None, []
     if train.max_memory is not None:
-        micro_batch = plan_memory(ctx, train, objective, weights, term_names, inputs, targets, first).micro_batch
+        memory_plan = plan_memory(ctx, train, objective, weights, term_names, inputs, targets, first)
+        micro_batch, coupled = memory_plan.micro_batch, memory_plan.coupled
 
     optimizer = build_optimizer(objective.parameters(), train.optimizer)
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
     schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
     result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
-                         generation=plan.generation, micro_batch=micro_batch)
+                         generation=plan.generation, micro_batch=micro_batch, micro_batch_coupled=coupled)
     best_value, first_epoch = None, 1
     if resume is not None:
         objective.load_state_dict(resume.objective)

@@ -47,6 +47,8 @@ class ContrastiveRepresentation(LossTerm):
     """CRD (Tian et al., ICLR 2020), InfoNCE variant with in-batch negatives (+ an optional FIFO memory; no sample indices needed)."""
 
     needs_teacher = True
+    #: The other samples of the batch are the negatives.
+    per_sample = False
 
     class Params(Params):
         student_layer: str = Field(min_length=1, description="module path of the student's penultimate feature")
