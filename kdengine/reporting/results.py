@@ -54,6 +54,9 @@ class StageResult(BaseModel):
     #: With micro-batches: the loss terms (recipe names) and BatchNorm layers that saw each
     #: micro-batch instead of the whole batch, so the gradient was not the whole batch's.
     micro_batch_coupled: list[str] = Field(default_factory=list)
+    #: How the teacher ran when it taught this stage: ``{"precision": "no" | "bf16" | "fp16",
+    #: "channels_last": bool}``, the measured choice under ``teacher.precision = "auto"``.
+    teacher_inference: dict[str, str | bool] | None = None
 
 
 class Results(BaseModel):

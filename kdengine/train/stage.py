@@ -10,6 +10,7 @@ end of an epoch (:class:`EpochKeeper`).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from itertools import islice
 
 import torch
@@ -23,6 +24,7 @@ from kdengine.recipe import monitored_metric
 from kdengine.recipe.stages import StagePlan
 from kdengine.reporting.progress import StageProgress
 from kdengine.reporting.results import EpochRecord, StageResult
+from kdengine.teacher.precision import InferenceSetting
 from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.context import RunContext
@@ -104,6 +106,8 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
 
     inputs, targets = to_device(next(iter(train_loader)), ctx.device)
     inputs = prepare_inputs(inputs, train.channels_last)
+    if resume is not None and resume.result.teacher_inference:  # a resumed stage keeps its teacher's setting
+        source.setting = InferenceSetting(**resume.result.teacher_inference)
     source.start(ctx, plan, tap_paths(terms)[1], steps, inputs)
     first = source.first_step()
     with accelerator.autocast():
@@ -118,7 +122,8 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
     schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
     result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
-                         generation=plan.generation, micro_batch=micro_batch, micro_batch_coupled=coupled)
+                         generation=plan.generation, micro_batch=micro_batch, micro_batch_coupled=coupled,
+                         teacher_inference=asdict(source.setting) if source.setting else None)
     best_value, first_epoch = None, 1
     if resume is not None:
         objective.load_state_dict(resume.objective)
