@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import kdengine
+from conftest import interrupt_after_epoch
 from kdengine.teacher.precision import TeacherRunner
 from kdengine.teacher import cached
 from kdengine.teacher.cache import TeacherCache
@@ -354,19 +355,10 @@ def test_auto_precision_keys_the_cache_by_the_setting_it_chose_and_records_it(ti
 
 
 def test_a_resumed_stage_keeps_the_teacher_setting_auto_chose(tiny_recipe, tmp_path, monkeypatch):
-    from kdengine.train.stage import EpochKeeper
-
     recipe = classification_recipe(tiny_recipe)
     recipe["teacher"].update(precision="auto", train={"epochs": 1})
     force_teacher_setting(monkeypatch, "bf16", True)
-    original = EpochKeeper.keep
-
-    def interrupt(self, record, *args):
-        original(self, record, *args)
-        if self.plan.name == "distilled" and record.epoch == 1:
-            raise RuntimeError("interrupted")
-
-    monkeypatch.setattr(EpochKeeper, "keep", interrupt)
+    interrupt_after_epoch(monkeypatch, "distilled", 1)
     with pytest.raises(RuntimeError, match="interrupted"):
         kdengine.run(recipe, progress=False, output_dir=tmp_path)
     monkeypatch.undo()

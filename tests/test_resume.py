@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from conftest import interrupt_after_epoch
 from kdengine.cli import main
 
 RECIPE = """
@@ -157,6 +158,7 @@ def crd_recipe(tiny_recipe: dict) -> dict:
     return recipe
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_crd_run_resumed_after_epoch_one_equals_the_uninterrupted_run(tiny_recipe, tmp_path, monkeypatch):
     """CRD's queue of negatives is training state: a resume restores it (and the exported
     student weights still hold the student alone)."""
@@ -164,23 +166,14 @@ def test_a_crd_run_resumed_after_epoch_one_equals_the_uninterrupted_run(tiny_rec
 
     import kdengine
     from kdengine.io.state import TrainingState
-    from kdengine.train.stage import EpochKeeper
 
-    torch.set_num_threads(1)
     recipe = crd_recipe(tiny_recipe)
     reference = Path(kdengine.run(recipe, output_dir=tmp_path / "ref", progress=False).run_dir)
 
-    original = EpochKeeper.keep
-
-    def interrupt(self, record, *args):
-        original(self, record, *args)
-        if self.plan.name == "distilled" and record.epoch == 1:
-            raise RuntimeError("interrupted")
-
-    monkeypatch.setattr(EpochKeeper, "keep", interrupt)
+    interrupt_after_epoch(monkeypatch, "distilled", 1)
     with pytest.raises(RuntimeError, match="interrupted"):
         kdengine.run(recipe, output_dir=tmp_path / "killed", progress=False)
-    monkeypatch.setattr(EpochKeeper, "keep", original)
+    monkeypatch.undo()
     run_dir = only_run(tmp_path / "killed")
     state = TrainingState.load(run_dir / "checkpoints" / "distilled" / "state.pt")
     assert int(state.objective["terms.0.queue_filled"]) == 64  # the queue is in the training state
