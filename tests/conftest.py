@@ -81,3 +81,18 @@ def third_party(plugin_site, monkeypatch):
     for name in [m for m in sys.modules if m.startswith(("kdengine_toy", "kdengine_broken", "kdengine_badhook"))]:
         del sys.modules[name]
     get_catalog(refresh=True)
+
+
+def interrupt_after_epoch(monkeypatch, stage: str, epoch: int) -> None:
+    """Make a run stop (RuntimeError "interrupted") right after ``stage`` has kept ``epoch``: its
+    checkpoint and training state are written, as when a run is killed there."""
+    from kdengine.train.stage import EpochKeeper
+
+    original = EpochKeeper.keep
+
+    def keep(self, record, *args):
+        original(self, record, *args)
+        if self.plan.name == stage and record.epoch == epoch:
+            raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(EpochKeeper, "keep", keep)

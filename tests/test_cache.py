@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import kdengine
+from conftest import interrupt_after_epoch
 from kdengine.teacher.precision import TeacherRunner
 from kdengine.teacher import cached
 from kdengine.teacher.cache import TeacherCache
@@ -310,3 +312,58 @@ def test_layout_gives_each_process_its_contiguous_share_of_a_step():
         for step, rows in enumerate(seen):
             start, stop = layout.share(step, process)
             assert rows == list(range(start, stop))
+
+
+def force_teacher_setting(monkeypatch, precision: str, channels_last: bool) -> list:
+    """Make ``teacher.precision = "auto"`` choose ``(precision, channels_last)``; returns the
+    settings chosen, one per measurement."""
+    from kdengine.teacher import precision as inference
+
+    chosen = []
+
+    def forced(runner, options, inputs, rows=32, repeats=2):
+        if len(options) == 1:  # nothing to measure, as in choose()
+            runner.use(options[0])
+            return {}
+        timings = {o: (0.001 if (o.precision, o.channels_last) == (precision, channels_last) else 1.0)
+                   for o in options}
+        runner.use(min(timings, key=timings.get))
+        chosen.append(runner.setting)
+        return timings
+
+    monkeypatch.setattr(inference, "choose", forced)
+    return chosen
+
+
+def test_auto_precision_keys_the_cache_by_the_setting_it_chose_and_records_it(tiny_recipe, tmp_path, monkeypatch):
+    recipe = classification_recipe(tiny_recipe)
+    recipe["teacher"].update(cache=True, cache_dir=str(tmp_path / "cache"), precision="auto", train={"epochs": 1})
+    folders = {}
+    for precision, channels_last in (("bf16", False), ("no", True)):  # two machines, two fastest settings
+        chosen = force_teacher_setting(monkeypatch, precision, channels_last)
+        results = kdengine.run(recipe, progress=False, output_dir=tmp_path / precision)
+        assert [(s.precision, s.channels_last) for s in chosen] == [(precision, channels_last)]  # measured once
+        recorded = json.loads((tmp_path / precision / Path(results.run_dir).name / "results.json").read_text())
+        distilled = next(s for s in recorded["stages"] if s["stage"] == "distilled")
+        assert distilled["teacher_inference"] == {"precision": precision, "channels_last": channels_last}
+        new = [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p not in folders.values()]
+        assert len(new) == 1, "the other machine's choice reused a cache made in another precision"
+        folders[precision] = new[0]
+        meta = json.loads((new[0] / "meta.json").read_text())
+        assert meta["parts"]["teacher_inference"] == [precision, channels_last]
+        monkeypatch.undo()
+
+
+def test_a_resumed_stage_keeps_the_teacher_setting_auto_chose(tiny_recipe, tmp_path, monkeypatch):
+    recipe = classification_recipe(tiny_recipe)
+    recipe["teacher"].update(precision="auto", train={"epochs": 1})
+    force_teacher_setting(monkeypatch, "bf16", True)
+    interrupt_after_epoch(monkeypatch, "distilled", 1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        kdengine.run(recipe, progress=False, output_dir=tmp_path)
+    monkeypatch.undo()
+    chosen = force_teacher_setting(monkeypatch, "no", False)  # this machine would measure otherwise
+    (run_dir,) = tmp_path.iterdir()
+    results = kdengine.resume(run_dir, progress=False)
+    assert chosen == []  # not measured again
+    assert results.stage("distilled").teacher_inference == {"precision": "bf16", "channels_last": True}

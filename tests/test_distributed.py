@@ -82,8 +82,11 @@ def test_two_processes_match_one(tmp_path, plugin_site):
         for ra, rb in zip(a["history"], b["history"]):
             value_a, value_b = ra["metrics"]["top1"], rb["metrics"]["top1"]
             assert abs(value_a - value_b) <= TOLERANCE + 1e-9, (a["stage"], ra["epoch"], value_a, value_b)
-            # every one of the 301 evaluation images counted exactly once (none padded in twice)
-            assert abs(value_b * 301 - round(value_b * 301)) < 1e-4
+            # a whole number of the 200 val images (none padded in twice)
+            assert abs(value_b * 200 - round(value_b * 200)) < 1e-4
+        tested = b["test_best"]["top1"]
+        assert abs(tested - a["test_best"]["top1"]) <= TOLERANCE + 1e-9
+        assert abs(tested * 301 - round(tested * 301)) < 1e-4  # the 301 test images, likewise
     assert single["stages"][-1]["best"]["top1"] > 0.3  # well above chance (0.1), so the comparison means something
     lines = (two / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6  # teacher and distilled, 3 epochs each, written once

@@ -50,3 +50,52 @@ def test_adapter_maps_channels():
     assert isinstance(make_adapter(8, 8), nn.Identity)
     adapter = make_adapter(8, 16)
     assert adapter(torch.zeros(1, 8, 3, 3)).shape == (1, 16, 3, 3)
+
+
+class SometimesBranch(nn.Module):
+    """A model whose ``branch`` runs only on batches whose inputs sum above zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        if x.sum() > 0:
+            h = self.branch(h)
+        return h.mean(dim=(2, 3))
+
+
+def test_taps_are_cleared_before_every_forward():
+    net = SometimesBranch()
+    taps = FeatureTaps(net, ["branch", "stem"], role="student")
+    net(torch.ones(2, 3, 4, 4))
+    assert set(taps.features) == {"branch", "stem"}
+    net(-torch.ones(2, 3, 4, 4))  # the branch does not run: its feature of the last batch is gone
+    assert set(taps.features) == {"stem"}
+    with pytest.raises(KDEngineError, match=r"student module 'branch' did not run"):
+        taps.collect()
+
+
+def test_a_tapped_module_that_did_not_run_is_an_error_not_a_stale_tensor():
+    from kdengine.plugins.components import LossTerm
+    from kdengine.teacher.precision import InferenceSetting, TeacherRunner
+    from kdengine.train.objective import StudentObjective
+
+    class Tapping(LossTerm):
+        def forward(self, ctx):
+            return ctx.student_features["branch"].mean()
+
+    objective = StudentObjective(SometimesBranch(), [Tapping()], ["branch"])
+    _, values = objective(torch.ones(2, 3, 4, 4), None)
+    assert values[0].requires_grad
+    with pytest.raises(KDEngineError, match=r"student module 'branch' did not run"):
+        objective(-torch.ones(2, 3, 4, 4), None)
+
+    teacher = SometimesBranch().eval()
+    runner = TeacherRunner(teacher, FeatureTaps(teacher, ["branch"], role="teacher"), InferenceSetting("no", False))
+    _, features = runner(torch.ones(2, 3, 4, 4))
+    assert set(features) == {"branch"}
+    with pytest.raises(KDEngineError, match=r"teacher module 'branch' did not run"):
+        runner(-torch.ones(2, 3, 4, 4))

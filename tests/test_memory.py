@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import sys
 
 import pytest
@@ -116,6 +117,7 @@ def test_a_run_under_a_budget_trains_in_micro_batches(tiny_recipe, tmp_path, mon
     recipe = copy.deepcopy(tiny_recipe)
     recipe["train"]["max_memory"] = "1GiB"
     recipe["train"]["baseline"] = False
+    recipe["loss"].append({"name": "dist", "weight": 0.1})  # correlates the batch: not per-sample
     rows_seen = []
 
     class FakeMeter:  # 600 MiB fixed + 40 MiB per row: 9 rows fit in 1 GiB (less headroom) beside the optimizer state
@@ -150,4 +152,53 @@ def test_a_run_under_a_budget_trains_in_micro_batches(tiny_recipe, tmp_path, mon
     # Every training batch of 32 went through the teacher in micro-batches of that size.
     training_rows = rows_seen[-(2 * ((32 + distilled.micro_batch - 1) // distilled.micro_batch)):]
     assert max(training_rows) == distilled.micro_batch and sum(training_rows) == 2 * 32
-    assert "train.max_memory 1.00 GiB: batch 32 as" in capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "train.max_memory 1.00 GiB: batch 32 as" in err
+    # The gradient of dist and of the student's BatchNorm is the micro-batches', and the run says so.
+    dist, norms = distilled.micro_batch_coupled
+    assert dist == "dist" and re.fullmatch(r"BatchNorm \(\d+ layers\)", norms)
+    assert f"dist and {norms} see each micro-batch, not the whole batch" in err
+    report = (tmp_path / next(p.name for p in tmp_path.iterdir()) / "results.md").read_text()
+    assert (f"student (distilled) trained in micro-batches of {distilled.micro_batch} rows (`train.max_memory`): "
+            f"dist and {norms} see each micro-batch, not the whole batch") in report
+
+
+class _Batchwise(LossTerm):
+    per_sample = False
+
+    def forward(self, ctx):
+        return ctx.student.std(dim=0).mean()
+
+
+def test_batch_coupled_names_batchwise_terms_and_batchnorm():
+    from kdengine.train.coupling import batch_coupled
+
+    plain = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    assert batch_coupled(plain, [_CE()], ["cross_entropy"]) == []
+    normed = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    assert batch_coupled(normed, [_CE(), _Batchwise()], ["cross_entropy", "spread"]) == ["spread", "BatchNorm (2 layers)"]
+
+
+def test_crd_and_dist_are_not_per_sample():
+    from kdengine_classification.kd_methods.crd import ContrastiveRepresentation
+    from kdengine_classification.kd_methods.dist import DIST
+    from kdengine_classification.losses import CrossEntropy, KLDivergence
+
+    assert not ContrastiveRepresentation.per_sample and not DIST.per_sample
+    assert KLDivergence.per_sample and CrossEntropy.per_sample
+
+
+def test_validate_says_what_micro_batches_would_not_see_whole(tiny_recipe):
+    from kdengine.tools.validate import dry_run
+
+    recipe = copy.deepcopy(tiny_recipe)
+    recipe["loss"].append({"name": "dist", "weight": 0.1})
+    assert dry_run(recipe).micro_batch_coupled == {}  # no budget: the whole batch in one pass
+    recipe["train"]["max_memory"] = "4GiB"
+    report = dry_run(recipe)
+    assert set(report.micro_batch_coupled) == {"teacher", "scratch", "distilled"}
+    assert report.micro_batch_coupled["distilled"][0] == "dist"
+    assert "dist" not in report.micro_batch_coupled["scratch"]  # the baseline trains without the teacher's terms
+    assert report.micro_batch_coupled["scratch"][0].startswith("BatchNorm (")
+    line = next(l for l in report.lines() if "train.max_memory: distilled:" in l)
+    assert "dist and BatchNorm" in line and "not the whole batch" in line

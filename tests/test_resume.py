@@ -3,6 +3,7 @@ with weights bitwise equal to an uninterrupted run."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from conftest import interrupt_after_epoch
 from kdengine.cli import main
 
 RECIPE = """
@@ -140,3 +142,50 @@ def test_resume_refuses_a_finished_run_and_a_non_run_folder(tmp_path, capsys):
     run_dir = only_run(tmp_path / "runs")
     assert main(["run", "--resume", str(run_dir)]) == 2
     assert "already finished" in capsys.readouterr().err
+
+
+def crd_recipe(tiny_recipe: dict) -> dict:
+    recipe = copy.deepcopy(tiny_recipe)
+    recipe["run"]["name"] = "crd-resume"
+    recipe["data"]["params"].update(train_size=128, val_size=32, test_size=32)
+    recipe["teacher"]["train"] = {"epochs": 1}
+    recipe["train"].update(epochs=2, baseline=False)
+    # A queue of 64 fills in epoch 1 (2 steps of 32), so epoch 2's negatives all come from it.
+    recipe["loss"] = [{"name": "crd", "weight": 0.5, "params": {"student_layer": "classifier.0",
+                                                                "teacher_layer": "classifier.0",
+                                                                "feature_dim": 16, "queue_size": 64}},
+                      {"name": "cross_entropy", "weight": 0.5}]
+    return recipe
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_crd_run_resumed_after_epoch_one_equals_the_uninterrupted_run(tiny_recipe, tmp_path, monkeypatch):
+    """CRD's queue of negatives is training state: a resume restores it (and the exported
+    student weights still hold the student alone)."""
+    import torch
+
+    import kdengine
+    from kdengine.io.state import TrainingState
+
+    recipe = crd_recipe(tiny_recipe)
+    reference = Path(kdengine.run(recipe, output_dir=tmp_path / "ref", progress=False).run_dir)
+
+    interrupt_after_epoch(monkeypatch, "distilled", 1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        kdengine.run(recipe, output_dir=tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    run_dir = only_run(tmp_path / "killed")
+    state = TrainingState.load(run_dir / "checkpoints" / "distilled" / "state.pt")
+    assert int(state.objective["terms.0.queue_filled"]) == 64  # the queue is in the training state
+    kdengine.resume(run_dir, progress=False)
+
+    ref_weights, got_weights = weights(reference), weights(run_dir)
+    assert set(ref_weights) == set(got_weights)
+    for name, tensors in ref_weights.items():
+        assert tensors.keys() == got_weights[name].keys()
+        assert not any("queue" in key or key.startswith("terms.") for key in tensors), name  # student only
+        for key, tensor in tensors.items():
+            assert torch.equal(tensor, got_weights[name][key]), f"{name}:{key} differs"
+    ref_results = json.loads((reference / "results.json").read_text())["stages"]
+    got_results = json.loads((run_dir / "results.json").read_text())["stages"]
+    assert [r["losses"] for r in ref_results[-1]["history"]] == [r["losses"] for r in got_results[-1]["history"]]

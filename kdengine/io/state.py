@@ -1,9 +1,10 @@
 """Exact resume: everything a stage needs to continue as if it had never stopped.
 
 At the end of every epoch the main process writes ``checkpoints/<stage>/state.pt`` atomically:
-the student and its loss terms' adapters, the optimizer, the schedule, the RNG states of Python,
-NumPy and torch, the epoch reached, and the stage's record so far. The data order depends only on
-the seed and the epoch (:class:`kdengine.teacher.replay.EpochSampler`), so a resumed stage sees the same batches. The file
+the student and its loss terms' adapters and buffers (CRD's queue of negatives), the optimizer,
+the schedule, the RNG states of Python, NumPy and torch, the epoch reached, and the stage's record
+so far. The data order depends only on the seed and the epoch
+(:class:`kdengine.teacher.replay.EpochSampler`), so a resumed stage sees the same batches. The file
 holds tensors and plain values only and is read back with ``torch.load(weights_only=True)``.
 """
 

@@ -209,6 +209,10 @@ class LossTerm(nn.Module):
     summary: ClassVar[str] = ""
     #: Terms that compare with the teacher are left out of the teacher and baseline stages.
     needs_teacher: ClassVar[bool] = False
+    #: Whether the term is a mean of per-sample values, so that micro-batches under
+    #: ``train.max_memory`` accumulate to the whole batch's gradient. False for a term that
+    #: compares the samples of a batch with each other (in-batch negatives, batch correlations).
+    per_sample: ClassVar[bool] = True
 
     def __init__(self, params: Params | Mapping[str, Any] | None = None):
         super().__init__()

@@ -40,14 +40,32 @@ def resolve_module(model: nn.Module, path: str, role: str = "model") -> nn.Modul
 
 
 class FeatureTaps:
-    """Captures the outputs of the named modules on every forward pass while open."""
+    """Captures the outputs of the named modules on every forward pass while open.
+
+    ``features`` is emptied as each forward pass of the model begins, so a module that did not
+    run this time (a conditional branch) has no feature rather than the previous batch's.
+    """
 
     def __init__(self, model: nn.Module, paths: list[str], role: str = "model"):
         self.features: dict[str, torch.Tensor] = {}
-        self._handles = []
-        for path in dict.fromkeys(paths):
+        self.paths = list(dict.fromkeys(paths))
+        self.role = role
+        self._handles = [model.register_forward_pre_hook(lambda _module, _inputs: self.features.clear())]
+        for path in self.paths:
             module = resolve_module(model, path, role)
             self._handles.append(module.register_forward_hook(self._hook(path)))
+
+    def collect(self) -> dict[str, torch.Tensor]:
+        """Every tapped feature of the forward pass just made; a module that did not run is an error."""
+        missing = [path for path in self.paths if path not in self.features]
+        if missing:
+            names = ", ".join(f"'{path}'" for path in missing)
+            raise KDEngineError(
+                f"{self.role} module {names} did not run in this forward pass (a branch the model "
+                "skips on some inputs?), so the loss terms that tap it have no feature for this batch; "
+                "tap a module that runs on every batch"
+            )
+        return dict(self.features)
 
     def _hook(self, path: str):
         def hook(_module, _inputs, output):

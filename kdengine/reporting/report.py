@@ -9,7 +9,9 @@ from pathlib import Path
 from kdengine.io.atomic import atomic_write_text
 from kdengine.reporting.figures import plot_curves, plot_generations
 from kdengine.reporting.results import Results
-from kdengine.reporting.tables import generation_table, loss_weights_note, results_table, seed_table, split_names
+from kdengine.reporting.tables import (generation_table, loss_weights_note, results_table, seed_table, split_names,
+                                       stage_label)
+from kdengine.train.coupling import coupling_note
 
 
 def title_note(results) -> str:
@@ -37,6 +39,10 @@ def write_report(results: Results, run_dir: Path, sample_figure: Path | None = N
         note += (" **The test split chose the epochs (`train.monitor_split = \"test\"`): these test "
                  "numbers are optimistic, for a quick look only.**")
     lines.append(note)
+    for stage in results.stages:
+        if stage.micro_batch and stage.micro_batch_coupled:
+            lines += ["", f"**{stage_label(stage.stage)} trained in micro-batches of {stage.micro_batch} rows "
+                      f"(`train.max_memory`): {coupling_note(stage.micro_batch_coupled)}.**"]
     if results.skipped_samples:
         lines += ["", f"**{results.skipped_samples} bad sample(s) were left out** "
                   '(`data.on_bad_sample = "skip"`):', ""]

@@ -64,6 +64,12 @@ class StageResult(BaseModel):
     #: The loss weights the stage trained with, by term (``name``, ``name#2`` for a second term of
     #: the same name), when some were ``"auto"``: measured before its first step (empty otherwise).
     loss_weights: dict[str, float] = Field(default_factory=dict)
+    #: With micro-batches: the loss terms (recipe names) and BatchNorm layers that saw each
+    #: micro-batch instead of the whole batch, so the gradient was not the whole batch's.
+    micro_batch_coupled: list[str] = Field(default_factory=list)
+    #: How the teacher ran when it taught this stage: ``{"precision": "no" | "bf16" | "fp16",
+    #: "channels_last": bool}``, the measured choice under ``teacher.precision = "auto"``.
+    teacher_inference: dict[str, str | bool] | None = None
 
 
 class Results(BaseModel):

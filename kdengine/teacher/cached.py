@@ -4,7 +4,8 @@
 The cache is keyed by everything that changes the teacher's outputs on the student's batches:
 the teacher's weights (its file's hash, or its state dict's for a teacher as its factory
 delivers it), the data and its fingerprint, the seed (which fixes the data order and
-every augmentation draw), the batch layout over processes, and the precision the teacher runs in.
+every augmentation draw), the batch layout over processes, and the precision and memory format
+the teacher runs in (the one measured under ``teacher.precision = "auto"``, not the word "auto").
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from accelerate.utils import slice_tensors
 from kdengine.errors import KDEngineError, located
 from kdengine.reporting.progress import console
 from kdengine.teacher.cache import Layout, TeacherCache
-from kdengine.teacher.precision import teacher_runner
+from kdengine.teacher.precision import agree, fixed_setting, teacher_runner
 from kdengine.teacher.replay import BatchAugmentStream, check_replayable
 from kdengine.train.tensors import prepare_inputs, to_device
 
@@ -52,21 +53,6 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
             f"{recipe.source}: train.batch_size: {train.batch_size} (and the last batch, {sizes[-1]}) must "
             f"divide evenly over {processes} processes for the teacher cache"
         )
-    fingerprint = getattr(ctx.provider, "fingerprint", None)
-    parts = {
-        "teacher_weights": source.weights_key(),
-        "data": recipe.data.model_dump(mode="json"),
-        "data_fingerprint": fingerprint() if callable(fingerprint) else None,
-        "train_rows": rows,
-        "seed": ctx.seed,
-        "batch_size": train.batch_size,
-        "num_processes": processes,
-        "mixed_precision": train.mixed_precision,
-        "channels_last": train.channels_last,
-        "features": feature_paths,
-        "teacher_inference": [recipe.teacher.precision, recipe.teacher.channels_last],
-        "group_rows": recipe.teacher.cache_batch_size or train.batch_size,
-    }
     layout = Layout(tuple(sizes), processes)
     augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
 
@@ -85,18 +71,45 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
                 pieces.append(prepare_inputs(inputs, train.channels_last))
             yield pieces[0] if processes == 1 else torch.cat(pieces)
 
+    runners = []  # the teacher, once loaded
+
+    def runner():
+        if not runners:
+            runners.append(teacher_runner(ctx, train, source.load(), feature_paths, next(batches(1)), source.setting))
+        return runners[0]
+
+    # The setting is part of the key, so "auto" is measured (by the main process, for all) first:
+    # machines that choose differently make different caches.
+    source.setting = source.setting or fixed_setting(ctx, train)
+    if source.setting is None:
+        source.setting = agree(accelerator, runner().setting if accelerator.is_main_process else None)
+    fingerprint = getattr(ctx.provider, "fingerprint", None)
+    parts = {
+        "teacher_weights": source.weights_key(),
+        "data": recipe.data.model_dump(mode="json"),
+        "data_fingerprint": fingerprint() if callable(fingerprint) else None,
+        "train_rows": rows,
+        "seed": ctx.seed,
+        "batch_size": train.batch_size,
+        "num_processes": processes,
+        "mixed_precision": train.mixed_precision,
+        "channels_last": train.channels_last,
+        "features": feature_paths,
+        "teacher_inference": [source.setting.precision, source.setting.channels_last],
+        "group_rows": recipe.teacher.cache_batch_size or train.batch_size,
+    }
+
     def teacher():
         loader = ctx.train_loader(train)
         loader.sampler.set_epoch(1)
         problem = check_replayable(lambda: to_device(next(iter(loader)), ctx.device), augment)
         if problem is not None:
             raise KDEngineError(f"{recipe.source}: teacher.cache: dataset '{recipe.data.name}': {problem}")
-        model = source.load()
-        runner = teacher_runner(ctx, train, model, feature_paths, next(batches(1)))
+        run = runner()
 
         def forward(inputs):
             with accelerator.autocast():
-                return runner(inputs)
+                return run(inputs)
         return forward
 
     cache = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch import nn
 
 from kdengine.plugins.features import FeatureTaps
@@ -67,7 +68,7 @@ class TeacherRunner:
         with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                                     enabled=dtype is not None):
             output = self.model(inputs)
-            features = dict(self.taps.features) if self.taps else {}
+            features = self.taps.collect() if self.taps else {}
         return output.clone(), {k: v.clone() for k, v in features.items()}
 
     def close(self) -> None:
@@ -115,13 +116,32 @@ def choose(runner: TeacherRunner, options: list[InferenceSetting], inputs: torch
     return timings
 
 
+def fixed_setting(ctx: "RunContext", train: "TrainSpec") -> InferenceSetting | None:
+    """The setting ``[teacher] precision / channels_last`` names, or None when it is measured ("auto")."""
+    spec = ctx.recipe.teacher
+    options = candidates(spec.precision, spec.channels_last, train.mixed_precision, train.channels_last, ctx.device)
+    return options[0] if len(options) == 1 else None
+
+
+def agree(accelerator, setting: InferenceSetting | None) -> InferenceSetting | None:
+    """The main process's setting on every process: timings differ from process to process, and
+    the teacher-output cache is keyed by the setting."""
+    if accelerator.num_processes == 1:
+        return setting
+    box = [setting]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
 def teacher_runner(ctx: "RunContext", train: "TrainSpec", model: nn.Module, feature_paths: list[str],
-                   sample: torch.Tensor) -> TeacherRunner:
+                   sample: torch.Tensor, setting: InferenceSetting | None = None) -> TeacherRunner:
     """The teacher ready to teach: its taps, and the precision and memory format of
-    ``[teacher] precision / channels_last`` (measured on ``sample`` when ``precision = "auto"``)."""
+    ``[teacher] precision / channels_last`` (measured on ``sample`` when ``precision = "auto"``),
+    or ``setting`` when one was already chosen (a resumed stage keeps its teacher's)."""
     spec = ctx.recipe.teacher
     taps = FeatureTaps(model, feature_paths, role="teacher") if feature_paths else None
-    options = candidates(spec.precision, spec.channels_last, train.mixed_precision, train.channels_last, ctx.device)
+    options = [setting] if setting is not None else candidates(spec.precision, spec.channels_last,
+                                                               train.mixed_precision, train.channels_last, ctx.device)
     runner = TeacherRunner(model, taps, options[0])
     timings = choose(runner, options, sample)
     if timings and ctx.progress and ctx.accelerator.is_main_process:

@@ -25,7 +25,7 @@ from kdengine.io.fingerprint import file_sha256
 from kdengine.io.state import rng_state, set_rng_state
 from kdengine.teacher.cache import tensor_digest
 from kdengine.teacher.cached import default_cache_root, open_teacher_cache
-from kdengine.teacher.precision import TeacherRunner, teacher_runner
+from kdengine.teacher.precision import InferenceSetting, TeacherRunner, agree, teacher_runner
 
 if TYPE_CHECKING:
     from kdengine.recipe.stages import StagePlan
@@ -41,6 +41,9 @@ class TeacherSource:
 
     #: Whether the stage is taught (its loss terms include those that need a teacher).
     teaches = True
+    #: The precision and memory format the teacher runs in: chosen in ``start`` (measured under
+    #: ``teacher.precision = "auto"``), or set before it to keep a resumed stage's choice.
+    setting: InferenceSetting | None = None
 
     def start(self, ctx: "RunContext", plan: "StagePlan", feature_paths: list[str], steps: int,
               first_inputs: torch.Tensor) -> None:
@@ -73,7 +76,9 @@ class InlineTeacher(TeacherSource):
         self.runner: TeacherRunner | None = None
 
     def start(self, ctx, plan, feature_paths, steps, first_inputs) -> None:
-        self.runner = teacher_runner(ctx, plan.train, self.model, feature_paths, first_inputs)
+        self.runner = teacher_runner(ctx, plan.train, self.model, feature_paths, first_inputs, self.setting)
+        self.runner.use(agree(ctx.accelerator, self.runner.setting))
+        self.setting = self.runner.setting
 
     def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:
         return lambda inputs, rows: self.runner(inputs)

@@ -25,6 +25,7 @@ from kdengine.teacher.precision import InferenceSetting, TeacherRunner, candidat
 from kdengine.teacher.replay import BatchAugmentStream, SeededItems, check_replayable
 from kdengine.tools.layers import Layer, format_layers, model_layers
 from kdengine.train.context import open_dataset, open_splits
+from kdengine.train.coupling import batch_coupled, coupling_note
 from kdengine.train.models import count_parameters, describe
 from kdengine.teacher.given import load_teacher_checkpoint
 from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_norms, solve_weights
@@ -57,6 +58,8 @@ class DryRunReport:
     skipped: list[str] = field(default_factory=list)
     #: With ``layers=True``: each distinct model's tappable layers on the batch, by ``role model``.
     layers: dict[str, list[Layer]] = field(default_factory=dict)
+    #: Under ``train.max_memory``: by stage, what would see micro-batches instead of the whole batch.
+    micro_batch_coupled: dict[str, list[str]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"{self.recipe}: OK", f"  batch: {tuple(self.batch_shape)}"]
@@ -75,6 +78,9 @@ class DryRunReport:
                 out.append(f"  teacher inference {setting}: {seconds * 1e3:.0f} ms per 32 images{mark}")
         kind = "peak (measured)" if self.memory_measured else "estimate (weights, grads, optimizer state, saved activations)"
         out.append(f"  training memory {kind}: {self.peak_memory_bytes / 2**20:.1f} MiB")
+        for stage, coupled in self.micro_batch_coupled.items():
+            out.append(f"  train.max_memory: {stage}: if its batch is split into micro-batches, "
+                       f"{coupling_note(coupled)}")
         for label, layers in self.layers.items():
             out.append(f"  {label}: {len(layers)} tappable layers (module paths for feature losses)")
             out += format_layers(layers, indent="    ")
@@ -154,6 +160,7 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     if torch.cuda.is_available() and inputs.is_cuda:
         report.peak_memory_bytes = torch.cuda.max_memory_allocated()
         report.memory_measured = True
+    report.micro_batch_coupled = micro_batch_coupling(recipe, models)
     if recipe.teacher.precision == "auto":
         options = candidates("auto", recipe.teacher.channels_last, recipe.train.mixed_precision,
                              recipe.train.channels_last, inputs.device)
@@ -164,6 +171,20 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
         report.layers = {f"{' and '.join(roles)} {model}": model_layers(models[name], inputs)
                          for model, (roles, name) in distinct.items()}
     return report
+
+
+def micro_batch_coupling(recipe: Recipe, models: dict) -> dict[str, list[str]]:
+    """For each stage trained under ``train.max_memory``: its loss terms that are not per-sample
+    and its model's BatchNorm layers (they would see micro-batches, not the whole batch)."""
+    out = {}
+    for plan in plan_stages(recipe):
+        if plan.train.max_memory is None or (plan.name == "teacher" and recipe.teacher.checkpoint is not None):
+            continue
+        specs, terms, _ = build_loss_terms(recipe, with_teacher=plan.teacher is not None)
+        coupled = batch_coupled(models[plan.name], terms, [spec.name for spec in specs])
+        if coupled:
+            out[plan.name] = coupled
+    return out
 
 
 def _check_pair(recipe: Recipe, teacher, student, inputs,

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import DataInfo, DatasetProvider
 from kdengine.recipe import ComponentSpec, Recipe
+from kdengine.train.gather import gather_pieces
 from kdengine.train.tensors import as_float, prepare_inputs
 
 
@@ -21,12 +22,21 @@ def build_metrics(recipe: Recipe, info: DataInfo) -> list[tuple[ComponentSpec, A
     out = []
     for spec in recipe.metric:
         component = catalog.get("metric", spec.name)(spec.params)
-        metric = component.build(info)
-        # Outputs are gathered across processes before update, so every process already holds
-        # the whole evaluation split: a second sync inside torchmetrics would double-count.
-        metric.sync_on_compute = False
-        out.append((spec, metric))
+        out.append((spec, component.build(info)))
     return out
+
+
+def local(metric):
+    """``metric`` computing on what this process was given, without syncing its state again.
+
+    Outputs are gathered across processes before ``update``, so every process already holds the
+    whole split, and torchmetrics' own sync at ``compute`` would count every sample once per
+    process. It reads ``_to_sync``, which it copies from ``sync_on_compute`` only when the metric
+    is made (and after a ``forward``), so setting the public flag alone does not stop it.
+    """
+    metric.sync_on_compute = False
+    metric._to_sync = False
+    return metric
 
 
 @dataclass
@@ -38,7 +48,7 @@ class Scorer:
     metrics: list[tuple[ComponentSpec, Any]]
 
     def __post_init__(self) -> None:
-        self.metrics = [(spec, metric.to(self.accelerator.device)) for spec, metric in self.metrics]
+        self.metrics = [(spec, local(metric).to(self.accelerator.device)) for spec, metric in self.metrics]
 
     def __call__(self, model: nn.Module, loader: DataLoader, channels_last: bool) -> dict[str, float]:
         model.eval()
@@ -51,10 +61,10 @@ class Scorer:
                 inputs = prepare_inputs(inputs, channels_last)
                 with self.accelerator.autocast():
                     outputs = self.provider.predict(model, inputs)
-                outputs, targets = self.accelerator.gather_for_metrics((outputs, targets))
-                outputs = as_float(outputs)
-                for _, metric in self.metrics:
-                    metric.update(outputs, targets)
+                for outputs, targets in gather_pieces(self.accelerator, outputs, targets):
+                    outputs = as_float(outputs)
+                    for _, metric in self.metrics:
+                        metric.update(outputs, targets)
         values: dict[str, float] = {}
         for spec, metric in self.metrics:
             result = metric.compute()

@@ -17,7 +17,7 @@ needs the measurement, so both devices use it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -30,6 +30,7 @@ from kdengine.io.state import rng_state, set_rng_state
 from kdengine.recipe.units import format_size, parse_size
 from kdengine.reporting.progress import console
 from kdengine.teacher.sources import StepTeacher
+from kdengine.train.coupling import batch_coupled, coupling_note
 from kdengine.train.step import accumulate
 
 if TYPE_CHECKING:
@@ -93,6 +94,8 @@ class MicroBatchPlan:
     per_row: float
     extra: int
     budget: int
+    #: With micro-batches: what sees each of them instead of the whole batch (loss terms, BatchNorm).
+    coupled: list[str] = field(default_factory=list)
 
     @property
     def accumulation_steps(self) -> int:
@@ -103,9 +106,12 @@ class MicroBatchPlan:
         head = (f"train.max_memory {format_size(self.budget)}: batch {self.batch} as "
                 f"{self.accumulation_steps} x {rows} rows" if self.micro_batch else
                 f"train.max_memory {format_size(self.budget)}: the whole batch of {self.batch} fits")
-        return (f"{head} (measured: fixed {format_size(self.fixed)}, {self.per_row / 2**20:.1f} MiB per row, "
+        text = (f"{head} (measured: fixed {format_size(self.fixed)}, {self.per_row / 2**20:.1f} MiB per row, "
                 f"optimizer state {format_size(self.extra)}; predicted peak "
                 f"{format_size(self.fixed + self.per_row * rows + self.extra)})")
+        if self.coupled:
+            text += f"; {coupling_note(self.coupled)}"
+        return text
 
 
 #: Share of the budget kept free for what one measured pass does not show: the optimizer step's
@@ -176,6 +182,8 @@ def plan_memory(ctx: "RunContext", train: "TrainSpec", objective: nn.Module, wei
         memory_plan.micro_batch = int(accelerator.gather(mine).min())
         if memory_plan.micro_batch >= batch:
             memory_plan.micro_batch = None
+    if memory_plan.micro_batch is not None:
+        memory_plan.coupled = batch_coupled(objective.student, list(objective.terms), term_names)
     if ctx.progress and accelerator.is_main_process:
         console.print(memory_plan.describe())
     return memory_plan

@@ -84,7 +84,7 @@ class StudentObjective(nn.Module):
             targets=targets,
             student=output,
             teacher=teacher_out,
-            student_features=dict(self.taps.features) if self.taps else {},
+            student_features=self.taps.collect() if self.taps else {},
             teacher_features=teacher_features,
         )
 

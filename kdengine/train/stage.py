@@ -10,6 +10,7 @@ end of an epoch (:class:`EpochKeeper`).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from itertools import islice
 
 import torch
@@ -24,6 +25,7 @@ from kdengine.recipe.shares import AUTO
 from kdengine.recipe.stages import StagePlan
 from kdengine.reporting.progress import StageProgress
 from kdengine.reporting.results import EpochRecord, StageResult
+from kdengine.teacher.precision import InferenceSetting
 from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.balance import balance_stage, first_batches
@@ -110,15 +112,18 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
 
     inputs, targets = to_device(next(iter(train_loader)), ctx.device)
     inputs = prepare_inputs(inputs, train.channels_last)
+    if resume is not None and resume.result.teacher_inference:  # a resumed stage keeps its teacher's setting
+        source.setting = InferenceSetting(**resume.result.teacher_inference)
     source.start(ctx, plan, tap_paths(terms)[1], steps, inputs)
     first = source.first_step()
     with accelerator.autocast():
         objective = set_up_objective(model, terms, inputs, targets, lambda x: first(x, slice(0, len(x))),
                                      device=ctx.device)
-    micro_batch = None
+    micro_batch, coupled = None, []
     if train.max_memory is not None:
         provisional = [1.0 if w == AUTO else w for w in weights]  # weights do not change the memory
-        micro_batch = plan_memory(ctx, train, objective, provisional, term_names, inputs, targets, first).micro_batch
+        memory_plan = plan_memory(ctx, train, objective, provisional, term_names, inputs, targets, first)
+        micro_batch, coupled = memory_plan.micro_batch, memory_plan.coupled
     balanced = balance_stage(ctx, plan, objective, specs, weights, term_names,
                              lambda count: first_batches(ctx, plan, augment, source, count), steps, micro_batch,
                              recorded=resume.result.loss_weights if resume is not None else None)
@@ -129,7 +134,8 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
     schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
     result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
-                         generation=plan.generation, micro_batch=micro_batch,
+                         generation=plan.generation, micro_batch=micro_batch, micro_batch_coupled=coupled,
+                         teacher_inference=asdict(source.setting) if source.setting else None,
                          loss_weights=balanced.record() if balanced is not None else {})
     best_value, first_epoch = None, 1
     if resume is not None:

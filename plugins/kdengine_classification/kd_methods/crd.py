@@ -47,6 +47,8 @@ class ContrastiveRepresentation(LossTerm):
     """CRD (Tian et al., ICLR 2020), InfoNCE variant with in-batch negatives (+ an optional FIFO memory; no sample indices needed)."""
 
     needs_teacher = True
+    #: The other samples of the batch are the negatives.
+    per_sample = False
 
     class Params(Params):
         student_layer: str = Field(min_length=1, description="module path of the student's penultimate feature")
@@ -61,10 +63,12 @@ class ContrastiveRepresentation(LossTerm):
         self.student_head: nn.Module | None = None
         self.teacher_head: nn.Module | None = None
         q, d = self.params.queue_size, self.params.feature_dim
-        self.register_buffer("queue_student", torch.zeros(q, d), persistent=False)
-        self.register_buffer("queue_teacher", torch.zeros(q, d), persistent=False)
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("queue_next", torch.zeros((), dtype=torch.long), persistent=False)
+        # Persistent: the queue and its pointer are training state, saved with the objective for
+        # an exact resume (the exported weights hold the student alone, never its loss terms).
+        self.register_buffer("queue_student", torch.zeros(q, d))
+        self.register_buffer("queue_teacher", torch.zeros(q, d))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_next", torch.zeros((), dtype=torch.long))
 
     def student_taps(self) -> list[str]:
         return [self.params.student_layer]

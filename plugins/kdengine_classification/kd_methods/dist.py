@@ -41,6 +41,8 @@ class DIST(LossTerm):
     """DIST (Huang et al., NeurIPS 2022): inter- and intra-class Pearson correlation between teacher and student probabilities."""
 
     needs_teacher = True
+    #: The intra-class relation correlates each class across the batch.
+    per_sample = False
 
     class Params(Params):
         beta: float = Field(1.0, ge=0, description="weight of the inter-class relation")
