@@ -180,7 +180,7 @@ def test_a_split_left_empty_by_skipping_says_so(tmp_path, one_thread):
     for path in (tmp_path / "data" / "test").rglob("*.jpg"):
         path.write_bytes(b"garbage")
     recipe = recipe_for(data, CLASSIFICATION, tmp_path, on_bad_sample="skip")
-    with pytest.raises(DataError, match=r"eval split .* is empty \(7 bad samples were skipped\)"):
+    with pytest.raises(DataError, match=r"test split .* is empty \(7 bad samples were skipped\)"):
         kdengine.run(recipe, progress=False)
 
 
