@@ -142,6 +142,8 @@ class TrainSpec(_Section):
     eval_batch_size: int | None = Field(None, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=SGDSpec)
     scheduler: SchedulerSpec = Field(default_factory=ConstantSchedule)
+    #: Training precision: float32, or autocast to bf16, or to fp16 with a gradient scaler.
+    #: ``[teacher] train`` and ``[[generation]] train`` may give each stage its own.
     mixed_precision: MixedPrecision = "no"
     channels_last: bool = False
     #: Also train the student from scratch, with the same seed and budget, for the comparison.
@@ -156,8 +158,9 @@ class TrainSpec(_Section):
     #: Epochs whose metrics are reported in the results table beside best and last.
     report_epochs: list[int] = Field(default_factory=list)
     grad_clip: float | None = Field(None, gt=0)
-    #: A non-finite loss or gradient: stop the run (keeping the last good checkpoint), or skip
-    #: the batch and count it in the results.
+    #: A non-finite loss, or non-finite gradients in bf16 or float32: stop the run (keeping the
+    #: last good checkpoint), or skip the batch and count it in the results. (Under fp16 the
+    #: gradient scaler skips an overflowed step itself, and the results count it as scaler_skipped.)
     on_nan: Literal["stop", "skip"] = "stop"
     num_workers: int = Field(0, ge=0)
     #: Cap on optimizer steps per epoch (quick experiments; None = the whole train split).
@@ -169,6 +172,13 @@ class TrainSpec(_Section):
     #: Memory budget ("4GiB", "512MiB"): the largest micro-batch that fits is measured and the
     #: batch is trained with gradient accumulation (process memory on CPU, device memory on GPU).
     max_memory: str | None = None
+    #: Keep fewer activations in the forward pass and recompute them in the backward (less memory,
+    #: about a third more compute): through ``checkpoint_modules`` when given, else the model's own
+    #: ``set_grad_checkpointing()`` (timm); a model with neither is a recipe error.
+    activation_checkpointing: bool = False
+    #: Module paths of the trained model to checkpoint (``["features.3", "features.7"]``, as listed
+    #: by ``kdengine layers``); used when ``activation_checkpointing`` is true.
+    checkpoint_modules: list[str] = Field(default_factory=list)
 
     @field_validator("max_memory")
     @classmethod
@@ -206,6 +216,8 @@ class TrainOverride(_Section):
     grad_clip: float | None = Field(None, gt=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     max_memory: str | None = None
+    activation_checkpointing: bool | None = None
+    checkpoint_modules: list[str] | None = None
 
     def apply(self, base: TrainSpec) -> TrainSpec:
         update = self.model_dump(exclude_unset=True)

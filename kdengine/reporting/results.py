@@ -22,7 +22,11 @@ class EpochRecord(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     lr: float | None = None
     seconds: float = 0.0
+    #: Batches left out under ``train.on_nan = "skip"`` (a non-finite loss or gradients).
     skipped_batches: int = 0
+    #: fp16: steps whose update the gradient scaler skipped (overflowed gradients; the scale was
+    #: lowered and training went on).
+    scaler_skipped: int = 0
 
 
 class StageResult(BaseModel):
@@ -51,6 +55,10 @@ class StageResult(BaseModel):
     generation: int | None = None
     #: Rows per forward/backward pass when ``train.max_memory`` split the batch (None: whole batch).
     micro_batch: int | None = None
+    #: The stage's training precision (``train.mixed_precision``: "no", "bf16" or "fp16").
+    precision: str = "no"
+    #: fp16: steps of the whole stage whose update the gradient scaler skipped.
+    scaler_skipped: int = 0
 
 
 class Results(BaseModel):
