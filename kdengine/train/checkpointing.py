@@ -80,16 +80,19 @@ def checkpoint_forward(module: nn.Module) -> None:
 
 @contextlib.contextmanager
 def _running_stats_frozen(norms: list[_BatchNorm]) -> Iterator[None]:
-    """The recomputation normalises with the batch's statistics, as the forward did, without
-    moving the running statistics a second time."""
-    training = [m for m in norms if m.training and m.track_running_stats]
-    for m in training:
-        m.track_running_stats = False
+    """The recomputation runs BatchNorm exactly as the forward did (the same operations, which
+    checkpointing checks) but with a momentum of 0, so the running statistics stay where the
+    forward left them; the batch count is put back too."""
+    moving = [(m, m.momentum, m.num_batches_tracked.clone()) for m in norms
+              if m.training and m.track_running_stats and m.num_batches_tracked is not None]
+    for m, _, _ in moving:
+        m.momentum = 0.0
     try:
         yield
     finally:
-        for m in training:
-            m.track_running_stats = True
+        for m, momentum, count in moving:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def _example_paths(model: nn.Module, shown: int = 4) -> str:
