@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import kdengine
-from kdengine import LossTerm, TrainingError, hookimpl, load_recipe
-from kdengine.plugins.catalog import get_catalog
+from kdengine import LossTerm, TrainingError, load_recipe
 from kdengine.train.objective import build_loss_terms
 from kdengine.reporting.results import Results
-
-
-@pytest.fixture
-def extra_plugin(monkeypatch):
-    """Register an extra built-in-like plugin for one test."""
-    from kdengine.plugins import manager as plugins
-
-    def install(**hooks):
-        module = types.ModuleType("kdengine_extra")
-        for name, fn in hooks.items():
-            setattr(module, name, hookimpl(fn))
-        monkeypatch.setitem(sys.modules, "kdengine_extra", module)
-        monkeypatch.setitem(plugins.BUILTIN_PLUGINS, "extra", "kdengine_extra")
-        get_catalog(refresh=True)
-
-    yield install
-    monkeypatch.undo()
-    get_catalog(refresh=True)
 
 
 def test_end_to_end_writes_the_run_folder(tiny_recipe, tmp_path):

@@ -3,8 +3,6 @@ each stage in its own precision."""
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -14,9 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import kdengine
-from kdengine import LossTerm, hookimpl
+from kdengine import LossTerm
 from kdengine.io.state import TrainingState
-from kdengine.plugins.catalog import get_catalog
 from kdengine.recipe import TrainSpec
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.optim import Schedule
@@ -132,23 +129,6 @@ def test_fp16_on_a_cpu_warns_that_bf16_is_faster():
 # whole runs
 
 
-@pytest.fixture
-def extra_loss(monkeypatch):
-    """Register one extra loss term for one test."""
-    from kdengine.plugins import manager as plugins
-
-    def install(name, cls):
-        module = types.ModuleType("kdengine_extra")
-        module.register_loss_terms = hookimpl(lambda register: register(name, cls))
-        monkeypatch.setitem(sys.modules, "kdengine_extra", module)
-        monkeypatch.setitem(plugins.BUILTIN_PLUGINS, "extra", "kdengine_extra")
-        get_catalog(refresh=True)
-
-    yield install
-    monkeypatch.undo()
-    get_catalog(refresh=True)
-
-
 def small_fp16_recipe(tiny_recipe):
     """fp16 students after an fp32 teacher (float16 is slow on a CPU), a cosine schedule (a skipped
     step that moved the schedule would show in the lr), 3 steps."""
@@ -183,7 +163,7 @@ def run_dir(tmp_path, results) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore::kdengine.train.precision.PrecisionWarning")
-def test_an_fp16_overflow_in_a_run_is_the_same_as_skipping_that_batch(tiny_recipe, tmp_path, extra_loss,
+def test_an_fp16_overflow_in_a_run_is_the_same_as_skipping_that_batch(tiny_recipe, tmp_path, extra_plugin,
                                                                      monkeypatch):
     calls = {"n": 0, "mode": "overflow"}
 
@@ -201,7 +181,7 @@ def test_an_fp16_overflow_in_a_run_is_the_same_as_skipping_that_batch(tiny_recip
                 return ctx.student.float().mean() * float("nan")
             return (ctx.student.float() * 1e6).mean()
 
-    extra_loss("on_second_step", OnSecondStep)
+    extra_plugin(register_loss_terms=lambda register: register("on_second_step", OnSecondStep))
     low_scale(monkeypatch)
     recipe = small_fp16_recipe(tiny_recipe)
     recipe["loss"].append({"name": "on_second_step", "weight": 1.0})
@@ -228,7 +208,7 @@ def test_an_fp16_overflow_in_a_run_is_the_same_as_skipping_that_batch(tiny_recip
         (run_dir(tmp_path / "overflow", overflowed) / "results.md").read_text()
 
 
-def test_each_stage_trains_in_its_own_precision(tiny_recipe, tmp_path, extra_loss):
+def test_each_stage_trains_in_its_own_precision(tiny_recipe, tmp_path, extra_plugin):
     seen: dict[int, set] = {}
 
     class Spy(LossTerm):
@@ -239,7 +219,7 @@ def test_each_stage_trains_in_its_own_precision(tiny_recipe, tmp_path, extra_los
                 (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"), ctx.student.dtype))
             return ctx.student.float().mean() * 0.0
 
-    extra_loss("spy", Spy)
+    extra_plugin(register_loss_terms=lambda register: register("spy", Spy))
     tiny_recipe["loss"].append({"name": "spy", "weight": 1.0})
     tiny_recipe["data"]["params"].update(val_size=64, test_size=64)
     tiny_recipe["teacher"]["train"] = {"mixed_precision": "bf16"}
