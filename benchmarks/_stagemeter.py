@@ -75,3 +75,67 @@ def measure_stages(out_file: Path) -> None:
 def read_stages(out_file: Path) -> dict[str, dict]:
     rows = [json.loads(line) for line in Path(out_file).read_text().splitlines() if line.strip()]
     return {row["stage"]: row for row in rows}
+
+
+def watch_stage(name: str, rows: list[dict]) -> None:
+    """Wrap kdengine's stage trainer: for the stage called ``name``, append to ``rows`` the time
+    between its optimizer steps and its peak memory over the training steps (the device
+    allocator's peak on a GPU, the resident set on a CPU, as ``train.max_memory`` measures them),
+    reset after the first step so that set-up (teacher cache, memory-budget measurements) and the
+    first step's one-off costs are left out."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from kdengine.train import run as engine
+    from kdengine.train.memory import PeakMeter
+
+    original = engine.train_stage
+
+    def watched(ctx, plan, factory, source, resume=None):
+        if plan.name != name:
+            return original(ctx, plan, factory, source, resume=resume)
+        import time
+
+        meter, stamps = PeakMeter(ctx.device), []
+
+        def stamp(optimizer, args, kwargs):
+            if not stamps:
+                meter.reset()
+            stamps.append(time.perf_counter())
+
+        hook = register_optimizer_step_post_hook(stamp)
+        try:
+            result = original(ctx, plan, factory, source, resume=resume)
+        finally:
+            hook.remove()
+        rows.append({"stage": plan.name, "step_seconds": [b - a for a, b in zip(stamps, stamps[1:])],
+                     "peak_bytes": meter.peak() if stamps else None, "device": str(ctx.device),
+                     "batch": plan.train.batch_size})
+        return result
+
+    engine.train_stage = watched
+
+
+def git_revision() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return out + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def busy_processes(shown: int = 5) -> list[str]:
+    """What else was running: the busiest processes (CPU %, command name) and the load average."""
+    import subprocess
+
+    try:
+        lines = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True,
+                               check=True).stdout.splitlines()[1:shown + 1]
+    except (OSError, subprocess.CalledProcessError):
+        lines = []
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return [f"load average {load}"] + [" ".join(line.split()) for line in lines]

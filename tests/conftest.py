@@ -96,3 +96,25 @@ def interrupt_after_epoch(monkeypatch, stage: str, epoch: int) -> None:
             raise RuntimeError("interrupted")
 
     monkeypatch.setattr(EpochKeeper, "keep", keep)
+
+
+@pytest.fixture
+def extra_plugin(monkeypatch):
+    """Register an extra built-in-like plugin for one test: ``extra_plugin(register_loss_terms=fn)``."""
+    import types
+
+    from kdengine import hookimpl
+    from kdengine.plugins import manager as plugins
+    from kdengine.plugins.catalog import get_catalog
+
+    def install(**hooks):
+        module = types.ModuleType("kdengine_extra")
+        for name, fn in hooks.items():
+            setattr(module, name, hookimpl(fn))
+        monkeypatch.setitem(sys.modules, "kdengine_extra", module)
+        monkeypatch.setitem(plugins.BUILTIN_PLUGINS, "extra", "kdengine_extra")
+        get_catalog(refresh=True)
+
+    yield install
+    monkeypatch.undo()
+    get_catalog(refresh=True)

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import kdengine
-from kdengine import LossTerm, TrainingError, hookimpl, load_recipe
-from kdengine.plugins.catalog import get_catalog
+from kdengine import LossTerm, TrainingError, load_recipe
 from kdengine.train.objective import build_loss_terms
 from kdengine.reporting.results import Results
-
-
-@pytest.fixture
-def extra_plugin(monkeypatch):
-    """Register an extra built-in-like plugin for one test."""
-    from kdengine.plugins import manager as plugins
-
-    def install(**hooks):
-        module = types.ModuleType("kdengine_extra")
-        for name, fn in hooks.items():
-            setattr(module, name, hookimpl(fn))
-        monkeypatch.setitem(sys.modules, "kdengine_extra", module)
-        monkeypatch.setitem(plugins.BUILTIN_PLUGINS, "extra", "kdengine_extra")
-        get_catalog(refresh=True)
-
-    yield install
-    monkeypatch.undo()
-    get_catalog(refresh=True)
 
 
 def test_end_to_end_writes_the_run_folder(tiny_recipe, tmp_path):
@@ -169,11 +148,3 @@ def test_bf16_run(tiny_recipe, tmp_path):
     tiny_recipe["train"].update(mixed_precision="bf16", channels_last=False, baseline=False)
     results = kdengine.run(tiny_recipe, output_dir=tmp_path, progress=False)
     assert 0.0 <= results.stage("distilled").best["top1"] <= 1.0
-
-
-def test_fp16_without_gpu_is_a_clear_error(tiny_recipe, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("fp16 is valid with a GPU")
-    tiny_recipe["train"]["mixed_precision"] = "fp16"
-    with pytest.raises(kdengine.KDEngineError, match="fp16 needs a GPU"):
-        kdengine.run(tiny_recipe, output_dir=tmp_path, progress=False)

@@ -2,8 +2,8 @@
 
 At the end of every epoch the main process writes ``checkpoints/<stage>/state.pt`` atomically:
 the student and its loss terms' adapters and buffers (CRD's queue of negatives), the optimizer,
-the schedule, the RNG states of Python, NumPy and torch, the epoch reached, and the stage's record
-so far. The data order depends only on the seed and the epoch
+the schedule, the fp16 gradient scaler, the RNG states of Python, NumPy and torch, the epoch
+reached, and the stage's record so far. The data order depends only on the seed and the epoch
 (:class:`kdengine.teacher.replay.EpochSampler`), so a resumed stage sees the same batches. The file
 holds tensors and plain values only and is read back with ``torch.load(weights_only=True)``.
 """
@@ -56,6 +56,8 @@ class TrainingState:
     rng: dict
     best_value: float | None
     result: StageResult
+    #: The fp16 gradient scaler's state (its scale and growth count); None in other precisions.
+    scaler: dict | None = None
 
     def save(self, path: Path) -> None:
         payload = {
@@ -66,6 +68,7 @@ class TrainingState:
             "rng": self.rng,
             "best_value": self.best_value,
             "result": self.result.model_dump_json(),
+            "scaler": self.scaler,
         }
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -78,5 +81,5 @@ class TrainingState:
         return cls(
             epoch=payload["epoch"], objective=payload["objective"], optimizer=payload["optimizer"],
             schedule=payload["schedule"], rng=payload["rng"], best_value=payload["best_value"],
-            result=StageResult.model_validate_json(payload["result"]),
+            result=StageResult.model_validate_json(payload["result"]), scaler=payload.get("scaler"),
         )

@@ -169,6 +169,8 @@ class TrainSpec(_Section):
     eval_batch_size: int | None = Field(None, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=SGDSpec)
     scheduler: SchedulerSpec = Field(default_factory=ConstantSchedule)
+    #: Training precision: float32, or autocast to bf16, or to fp16 with a gradient scaler.
+    #: ``[teacher] train`` and ``[[generation]] train`` may give each stage its own.
     mixed_precision: MixedPrecision = "no"
     channels_last: bool = False
     #: Also train the student from scratch, with the same seed and budget, for the comparison.
@@ -183,8 +185,9 @@ class TrainSpec(_Section):
     #: Epochs whose metrics are reported in the results table beside best and last.
     report_epochs: list[int] = Field(default_factory=list)
     grad_clip: float | None = Field(None, gt=0)
-    #: A non-finite loss or gradient: stop the run (keeping the last good checkpoint), or skip
-    #: the batch and count it in the results.
+    #: A non-finite loss, or non-finite gradients in bf16 or float32: stop the run (keeping the
+    #: last good checkpoint), or skip the batch and count it in the results. (Under fp16 the
+    #: gradient scaler skips an overflowed step itself, and the results count it as scaler_skipped.)
     on_nan: Literal["stop", "skip"] = "stop"
     num_workers: int = Field(0, ge=0)
     #: Cap on optimizer steps per epoch (quick experiments; None = the whole train split).
@@ -199,6 +202,13 @@ class TrainSpec(_Section):
     #: Batches at the start of a stage on which the gradient of each loss term is measured, for
     #: the terms with ``weight = "auto"`` (no update is made on them).
     balance_steps: int = Field(5, ge=1)
+    #: Keep fewer activations in the forward pass and recompute them in the backward (less memory,
+    #: about a third more compute): through ``checkpoint_modules`` when given, else the model's own
+    #: ``set_grad_checkpointing()`` (timm); a model with neither is a recipe error.
+    activation_checkpointing: bool = False
+    #: Module paths of the trained model to checkpoint (``["features.3", "features.7"]``, as listed
+    #: by ``kdengine layers``); used when ``activation_checkpointing`` is true.
+    checkpoint_modules: list[str] = Field(default_factory=list)
 
     @field_validator("max_memory")
     @classmethod
@@ -237,6 +247,8 @@ class TrainOverride(_Section):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     max_memory: str | None = None
     balance_steps: int | None = Field(None, ge=1)
+    activation_checkpointing: bool | None = None
+    checkpoint_modules: list[str] | None = None
 
     def apply(self, base: TrainSpec) -> TrainSpec:
         update = self.model_dump(exclude_unset=True)

@@ -19,6 +19,24 @@ def title_note(results) -> str:
     return ": epochs chosen on the test split" if split_names(results)[1] == "test" else ""
 
 
+def step_notes(results: Results) -> list[str]:
+    """Lines for the stages whose steps did not all update the model: fp16 steps the gradient
+    scaler skipped (overflow) and batches left out under ``train.on_nan = "skip"``."""
+    lines = []
+    for s in results.stages:
+        left_out = sum(r.skipped_batches for r in s.history)
+        parts = []
+        if s.scaler_skipped:
+            parts.append(f"the fp16 gradient scaler skipped {s.scaler_skipped} overflowed step(s) "
+                         "(the scale was lowered and training went on)")
+        if left_out:
+            parts.append(f"{left_out} batch(es) with a non-finite loss or gradients were left out "
+                         '(`train.on_nan = "skip"`)')
+        if parts:
+            lines.append(f"- {s.stage}: " + "; ".join(parts))
+    return ["", "Steps without an update:", ""] + lines if lines else []
+
+
 def write_report(results: Results, run_dir: Path, sample_figure: Path | None = None) -> Path:
     """``results.md`` and a self-contained ``report.html`` with every table and figure."""
     run_dir = Path(run_dir)
@@ -49,6 +67,7 @@ def write_report(results: Results, run_dir: Path, sample_figure: Path | None = N
         lines += [f"- {name}" for name in results.skipped_files]
         if results.skipped_samples > len(results.skipped_files):
             lines.append(f"- ... and {results.skipped_samples - len(results.skipped_files)} more")
+    lines += step_notes(results)
     for title, figure in (("Training curves", curves), ("Generations", generations), ("Samples", sample_figure)):
         if figure:
             lines += ["", f"## {title}", "", f"![{title.lower()}]({Path(figure).name})"]

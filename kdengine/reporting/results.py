@@ -23,7 +23,11 @@ class EpochRecord(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     lr: float | None = None
     seconds: float = 0.0
+    #: Batches left out under ``train.on_nan = "skip"`` (a non-finite loss or gradients).
     skipped_batches: int = 0
+    #: fp16: steps whose update the gradient scaler skipped (overflowed gradients; the scale was
+    #: lowered and training went on).
+    scaler_skipped: int = 0
 
 
 class StageResult(BaseModel):
@@ -70,6 +74,10 @@ class StageResult(BaseModel):
     #: How the teacher ran when it taught this stage: ``{"precision": "no" | "bf16" | "fp16",
     #: "channels_last": bool}``, the measured choice under ``teacher.precision = "auto"``.
     teacher_inference: dict[str, str | bool] | None = None
+    #: The stage's training precision (``train.mixed_precision``: "no", "bf16" or "fp16").
+    precision: str = "no"
+    #: fp16: steps of the whole stage whose update the gradient scaler skipped.
+    scaler_skipped: int = 0
 
 
 class Results(BaseModel):

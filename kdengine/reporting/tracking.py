@@ -4,7 +4,7 @@ Every epoch of every stage is logged by the main process as scalars whose names 
 stage, so each stage is one section of the tracker's dashboard::
 
     distilled/loss/total  distilled/loss/kl_div  distilled/metric/top1  distilled/lr
-    distilled/epoch_seconds  distilled/skipped_batches
+    distilled/epoch_seconds  distilled/skipped_batches  distilled/scaler_skipped
 
 The step is the epoch within the stage: the x axis is the epoch number used everywhere else in
 kdengine (``metrics.jsonl``, the results table's ``top1 @N``, ``curves.png``), every stage's
@@ -96,13 +96,14 @@ def metric_key(key: str) -> str:
 
 def epoch_values(stage: str, record: "EpochRecord") -> dict[str, float]:
     """One epoch's scalars, named ``<stage>/loss/<term>``, ``<stage>/metric/<name>``, ``<stage>/lr``,
-    ``<stage>/epoch_seconds`` and ``<stage>/skipped_batches``."""
+    ``<stage>/epoch_seconds``, ``<stage>/skipped_batches`` and ``<stage>/scaler_skipped``."""
     values = {f"{stage}/loss/{name}": value for name, value in record.losses.items()}
     values.update({f"{stage}/metric/{name}": value for name, value in record.metrics.items()})
     if record.lr is not None:
         values[f"{stage}/lr"] = record.lr
     values[f"{stage}/epoch_seconds"] = record.seconds
     values[f"{stage}/skipped_batches"] = record.skipped_batches
+    values[f"{stage}/scaler_skipped"] = record.scaler_skipped
     return {metric_key(k): float(v) for k, v in values.items()}
 
 

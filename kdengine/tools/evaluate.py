@@ -91,6 +91,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", weights: str = "be
     scores = RunScores(str(run_dir), split, weights)
     for name in wanted:
         plan = plans[name]
+        accelerator.use_precision(plan.train.mixed_precision)  # scored as in training
         factory = catalog.get(plan.role, plan.spec.name)(plan.spec.params)
         if name == "teacher" and not recipe.teacher.trains:
             model = given_teacher(recipe, factory, info)

@@ -30,6 +30,7 @@ from kdengine.reporting.tracking import RunTracking
 from kdengine.teacher.given import given_teacher
 from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
 from kdengine.train.accelerator import make_accelerator
+from kdengine.train.checkpointing import checkpointed_modules
 from kdengine.train.context import RunContext, open_dataset, open_splits, warn_skipped
 from kdengine.train.evaluate import Scorer, build_metrics
 from kdengine.train.models import count_parameters, describe, ready_to_teach
@@ -93,6 +94,8 @@ class StageWeights:
 def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module) -> StageResult:
     """A teacher the run does not train (a checkpoint, or as its factory delivers it) is
     evaluated once on the monitor split and once on test."""
+    ctx.accelerator.use_precision(plan.train.mixed_precision)
+
     def score(data):
         return ctx.scorer(teacher, ctx.accelerator.prepare_data_loader(ctx.eval_loader(data, plan.train)),
                           plan.train.channels_last)
@@ -128,12 +131,14 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     skipped = provider.skipped_samples()
     if skipped and accelerator.is_main_process:
         warn_skipped(recipe, skipped)
-    # Every architecture is built once before the run folder exists: a bad model parameter stops
-    # the run now, not after hours of teacher training.
-    distinct = {describe(p.spec): p for p in plans if p.name != "teacher" or given is None}
-    for plan in distinct.values():
+    # Every architecture is built once before the run folder exists: a bad model parameter (or
+    # activation checkpointing it cannot do) stops the run now, not after hours of teacher training.
+    trained = [p for p in plans if p.name != "teacher" or given is None]
+    for described, plan in {describe(p.spec): p for p in trained}.items():
         with located(recipe.source, plan.where):
-            factories[plan.name].build(info)
+            model = factories[plan.name].build(info)
+        for stage in (p for p in trained if describe(p.spec) == described):
+            checkpointed_modules(model, stage.train, recipe.source, described)
 
     finished: dict[str, StageResult] = {}
     if resume_dir is not None:

@@ -30,6 +30,7 @@ from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.balance import balance_stage, first_batches
 from kdengine.train.context import RunContext
+from kdengine.train.checkpointing import apply_activation_checkpointing
 from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
@@ -61,13 +62,15 @@ class EpochKeeper:
             improved = is_better(record.metrics[self.monitor], self.best_value, self.higher_is_better)
         if improved:
             self.best_value, result.best, result.best_epoch = record.metrics[self.monitor], record.metrics, record.epoch
+        result.scaler_skipped += record.scaler_skipped
         ctx.folder.log_epoch(stage, record)
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(objective)
             ctx.folder.save_checkpoint(stage, unwrapped.student, best=improved)
             result.seconds = time.perf_counter() - self.started
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             TrainingState(record.epoch, unwrapped.state_dict(), optimizer.state_dict(), schedule.state_dict(),
-                          rng_state(), self.best_value, result).save(ctx.folder.state_path(stage))
+                          rng_state(), self.best_value, result, scaler).save(ctx.folder.state_path(stage))
             ctx.tracking.log_epoch(stage, record)  # after the state: a resume never logs it twice
 
 
@@ -93,10 +96,12 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     weights are in the run folder. ``resume`` continues from the training state written at the end
     of the stage's last finished epoch."""
     accelerator, train = ctx.accelerator, plan.train
+    accelerator.use_precision(train.mixed_precision)  # before the optimizer takes its gradient scaler
     set_seed(ctx.seed)  # a student starts from the same weights whether distilled or not
     with located(ctx.recipe.source, plan.where):
         model = factory.build(ctx.info)
     n_params = count_parameters(model)
+    apply_activation_checkpointing(model, train, ctx.recipe.source, describe(plan.spec))
     freeze = BackboneFreeze(model, plan.freeze_backbone_epochs, f"{ctx.recipe.source}: {plan.where}",
                             accelerator.num_processes)
     freeze.hold_statistics()  # the set-up passes below must not move frozen batch-norm statistics either
@@ -136,13 +141,16 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
                          generation=plan.generation, micro_batch=micro_batch, micro_batch_coupled=coupled,
                          teacher_inference=asdict(source.setting) if source.setting else None,
-                         loss_weights=balanced.record() if balanced is not None else {})
+                         loss_weights=balanced.record() if balanced is not None else {},
+                         precision=train.mixed_precision)
     best_value, first_epoch = None, 1
     if resume is not None:
         objective.load_state_dict(resume.objective)
         optimizer.load_state_dict(resume.optimizer)
         schedule.load_state_dict(resume.schedule)
         set_rng_state(resume.rng)
+        if accelerator.scaler is not None and resume.scaler:
+            accelerator.scaler.load_state_dict(resume.scaler)
         result, best_value, first_epoch = resume.result, resume.best_value, resume.epoch + 1
     objective, optimizer, train_loader, monitor_loader = accelerator.prepare(objective, optimizer, train_loader,
                                                                              monitor_loader)
@@ -158,20 +166,21 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
             freeze.start_epoch(epoch)
             epoch_start = time.perf_counter()
             sums = torch.zeros(len(terms) + 1, device=ctx.device)
-            seen = skipped = 0
+            seen = skipped = scaler_skipped = 0
             for step, batch in enumerate(islice(train_loader, steps)):
                 inputs, targets = augment(*batch, epoch=epoch, step=step, process=accelerator.process_index)
                 inputs = prepare_inputs(inputs, train.channels_last)
                 teach = source.step(epoch, step, accelerator.process_index)
-                total, values, problem = train_step(accelerator, objective, optimizer, schedule, train, weights,
-                                                    term_names, inputs, targets, teach, micro_batch)
-                if problem is not None:
-                    on_problem(train, plan.name, problem, epoch, step, checkpoints)
+                done = train_step(accelerator, objective, optimizer, schedule, train, weights, term_names,
+                                  inputs, targets, teach, micro_batch)
+                if done.problem is not None:
+                    on_problem(train, plan.name, done.problem, epoch, step, checkpoints)
                     skipped += 1
                     continue
-                sums += torch.stack([total] + values)
+                scaler_skipped += done.scaler_skipped  # fp16 overflow: no update, a lower scale, go on
+                sums += torch.stack([done.total] + done.values)
                 seen += 1
-                bar.advance(float(total))
+                bar.advance(float(done.total))
             means = (sums / max(seen, 1)).tolist()
             metrics = {}
             if epoch % train.eval_every == 0 or epoch == train.epochs:
@@ -179,7 +188,8 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                 schedule.end_epoch(metrics[monitor])
                 bar.end_epoch(epoch, monitor, metrics[monitor])
             record = EpochRecord(epoch=epoch, losses=dict(zip(["total"] + term_names, means)), metrics=metrics,
-                                 lr=schedule.lr, seconds=time.perf_counter() - epoch_start, skipped_batches=skipped)
+                                 lr=schedule.lr, seconds=time.perf_counter() - epoch_start, skipped_batches=skipped,
+                                 scaler_skipped=scaler_skipped)
             keeper.keep(record, objective, optimizer, schedule)
     accelerator.wait_for_everyone()
     result.seconds = time.perf_counter() - keeper.started

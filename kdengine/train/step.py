@@ -1,9 +1,18 @@
 """One optimizer step: the batch's forward and backward (as micro-batches when a memory budget
-asks for them), the gradient check and clipping, the update, and what a non-finite value means."""
+asks for them), the gradient check and clipping, the update, and what a non-finite value means.
+
+A non-finite loss is a problem for ``train.on_nan``, and so are non-finite gradients in bf16 or
+float32. Under fp16 an overflow of the scaled gradients is normal: the gradient scaler skips that
+update and halves its scale, the learning-rate schedule waits (it follows the updates made), and
+the step is counted as ``scaler_skipped``. Only when the gradients stay non-finite with the scale
+below 1 (float16 overflows without any scaling: the gradients themselves are inf or NaN) is it a
+problem for ``train.on_nan`` again.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +46,7 @@ def accumulate(accelerator: Accelerator, objective: nn.Module, weights: list[flo
         with accelerator.autocast():
             t_out, t_feats = teach(x, rows_slice)
             _, values = objective(x, y, t_out, t_feats)
+            values = [v.float() for v in values]  # the sum and its check in float32 whatever autocast gave
             total = sum(w * v for w, v in zip(weights, values))
         if not torch.isfinite(total):
             bad = [n for n, v in zip(term_names, values) if not torch.isfinite(v)]
@@ -51,25 +61,47 @@ def accumulate(accelerator: Accelerator, objective: nn.Module, weights: list[flo
     return total_sum, value_sums, None
 
 
+#: Under fp16, a scale below this after a skipped step means the gradients are non-finite
+#: without any scaling: a problem for ``train.on_nan``, not an overflow.
+MIN_GRAD_SCALE = 1.0
+
+
+@dataclass
+class StepOutcome:
+    #: The batch's total loss and each term's (detached); None when ``problem`` is set.
+    total: torch.Tensor | None = None
+    values: list[torch.Tensor] = field(default_factory=list)
+    #: A non-finite loss or gradient (for ``train.on_nan``): the update was not made.
+    problem: str | None = None
+    #: fp16: the gradient scaler found overflowed gradients, skipped the update and lowered its scale.
+    scaler_skipped: bool = False
+
+
 def train_step(accelerator: Accelerator, objective: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                train: TrainSpec, weights: list[float], term_names: list[str], inputs: torch.Tensor, targets: Any,
-               teach: StepTeacher, micro_batch: int | None):
-    """Forward, backward and update on one batch. Returns the batch's total loss and each term's
-    (detached), or a problem (a non-finite loss or gradient) with the update not made."""
+               teach: StepTeacher, micro_batch: int | None) -> StepOutcome:
+    """Forward, backward and update on one batch (``optimizer`` prepared by ``accelerator``)."""
     total, values, problem = accumulate(accelerator, objective, weights, term_names, inputs, targets,
                                         teach, micro_batch)
-    if problem is None:
-        # The gradient norm (clipped or not) tells whether any gradient is inf or NaN.
+    scaler = accelerator.scaler
+    if problem is None and (train.grad_clip or scaler is None):
+        # Accelerate unscales fp16 gradients first, so the clip applies to the true gradients.
+        # Without a scaler, the norm (clipped or not) tells whether any gradient is inf or NaN.
         norm = accelerator.clip_grad_norm_(objective.parameters(), train.grad_clip or float("inf"))
-        if norm is not None and not torch.isfinite(norm):
+        if scaler is None and norm is not None and not torch.isfinite(norm):
             problem = "non-finite gradients"
     if problem is not None:
         optimizer.zero_grad(set_to_none=True)
-        return None, None, problem
-    optimizer.step()
+        return StepOutcome(problem=problem)
+    optimizer.step()  # fp16: the scaler's step, skipped when the gradients overflowed
     optimizer.zero_grad(set_to_none=True)
+    if getattr(optimizer, "step_was_skipped", False):
+        if scaler.get_scale() < MIN_GRAD_SCALE:
+            return StepOutcome(problem=f"non-finite gradients (fp16: they overflow even with the gradient "
+                                       f"scale down to {scaler.get_scale():.3g})")
+        return StepOutcome(total, values, scaler_skipped=True)
     schedule.step()
-    return total, values, None
+    return StepOutcome(total, values)
 
 
 def on_problem(train: TrainSpec, stage: str, problem: str, epoch: int, step: int, checkpoints: Path) -> None:
