@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from kdengine.recipe import Recipe
     from kdengine.reporting.results import Results
     from kdengine.reporting.summary import SeedSummary
+    from kdengine.reporting.sweep_results import SweepResult
 
 try:
     __version__ = version("kdengine")
@@ -42,7 +43,7 @@ __all__ = [
     "Metric", "MissingSplitError", "ModelFactory", "Params", "PluginError", "RecipeError", "TrainingError",
     "WeightsUnavailableError", "__version__", "as_feature_map", "cache_teacher", "describe_params", "evaluate",
     "fingerprint_files", "fraction_count", "hookimpl", "holdout", "load_recipe", "load_weights", "make_adapter",
-    "read_state_dict", "resume", "run", "table",
+    "read_state_dict", "resume", "run", "sweep", "table",
 ]
 
 
@@ -82,6 +83,15 @@ def cache_teacher(recipe: Any, **kwargs: Any) -> list:
     from kdengine.api import cache_teacher as _cache
 
     return _cache(recipe, **kwargs)
+
+
+def sweep(recipe: Any = None, grid: Any = (), **kwargs: Any) -> "SweepResult":
+    """Train and measure the recipe's student at every point of a grid of recipe values (one or
+    two ``"KEY=v1,v2"`` axes), one teacher for all, or continue a killed sweep (``resume=DIR``);
+    see :func:`kdengine.tools.sweep.sweep`."""
+    from kdengine.tools.sweep import sweep as _sweep
+
+    return _sweep(recipe, grid, **kwargs)
 
 
 def table(results: "Results | SeedSummary") -> str:

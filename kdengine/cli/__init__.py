@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kdengine.cli import cache_teacher, evaluate, export, layers, plugins, report, run, schema, validate
+from kdengine.cli import cache_teacher, evaluate, export, layers, plugins, report, run, schema, sweep, validate
 from kdengine.errors import KDEngineError
 
 COMMANDS = {"run": run, "evaluate": evaluate, "cache-teacher": cache_teacher, "validate": validate,
-            "plugins": plugins, "report": report, "export": export, "schema": schema, "layers": layers}
+            "plugins": plugins, "report": report, "export": export, "schema": schema, "layers": layers,
+            "sweep": sweep}
 
 
 def build_parser() -> argparse.ArgumentParser:

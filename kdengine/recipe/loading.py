@@ -28,14 +28,16 @@ from kdengine.recipe.models import ComponentSpec, Recipe, TrainOverride, TrainSp
 from kdengine.recipe.problems import format_validation_error
 from kdengine.recipe.shares import shares_problem
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A ``--set`` (or ``--grid``) value: TOML when it parses as TOML, else the text itself."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
 
 
-def _split_path(path: str) -> list[str | int]:
+def split_path(path: str) -> list[str | int]:
+    """``loss[0].params.temperature`` -> ``["loss", 0, "params", "temperature"]``."""
     parts: list[str | int] = []
     for token in re.split(r"\.|\[", path.replace("]", "")):
         if token == "":
@@ -51,7 +53,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if "=" not in item:
             raise KDEngineError(f"--set '{item}': expected KEY=VALUE, e.g. train.epochs=3")
         key, _, text = item.partition("=")
-        parts = _split_path(key.strip())
+        parts = split_path(key.strip())
         node: Any = raw
         for i, part in enumerate(parts[:-1]):
             nxt = parts[i + 1]
@@ -67,11 +69,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if isinstance(last, int):
             if not isinstance(node, list) or last >= len(node):
                 raise KDEngineError(f"--set '{key}': no list item [{last}]")
-            node[last] = _parse_value(text.strip())
+            node[last] = parse_value(text.strip())
         else:
             if not isinstance(node, dict):
                 raise KDEngineError(f"--set '{key}': cannot set a key on a non-table")
-            node[last] = _parse_value(text.strip())
+            node[last] = parse_value(text.strip())
     return raw
 
 

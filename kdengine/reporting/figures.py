@@ -8,7 +8,8 @@ from kdengine.reporting.results import Results
 from kdengine.reporting.tables import chain, format_value, stage_label
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures are files, no display is needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def plot_curves(results: Results, path: Path) -> Path | None:
     trained = [s for s in results.stages if s.history]
     if not trained:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = len(trained) + 1
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.3), squeeze=False)
     ax_metric = axes[0][0]
@@ -53,7 +54,7 @@ def plot_generations(results: Results, path: Path) -> Path | None:
     gens = chain(results)
     if len(gens) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax_params = plt.subplots(figsize=(5.5, 3.6))
     x = list(range(len(gens)))
     labels = [f"gen {s.generation}\n{s.stage}" for s in gens]

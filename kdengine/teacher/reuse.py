@@ -1,18 +1,22 @@
 """A teacher trained once, used again: by a later run (``kdengine run RECIPE --teacher-from
-RUN_DIR``) and by the seeds of a multi-seed run (one teacher, trained with the first seed, unless
-``teacher.per_seed = true``). Either way the teacher's best weights become ``teacher.checkpoint``.
+RUN_DIR``), by the seeds of a multi-seed run (one teacher, trained with the first seed, unless
+``teacher.per_seed = true``) and by the points of a sweep (the first point's teacher, or any stage
+of a finished run: ``--teacher-stage``). Either way the best weights become ``teacher.checkpoint``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from kdengine.errors import KDEngineError
 from kdengine.plugins.components import PRETRAINED_PARAMS
-from kdengine.recipe import ComponentSpec, Recipe
+from kdengine.recipe import ComponentSpec, Recipe, load_recipe
+from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.results import Results, StageResult
 from kdengine.train.models import describe
+from kdengine.train.objective import build_loss_terms, tap_paths
 
 #: Where a finished run keeps the teacher it trained (chosen on val).
 TEACHER_WEIGHTS = Path("checkpoints") / "teacher" / "best.safetensors"
@@ -38,18 +42,8 @@ def teacher_from_run(recipe: Recipe, run_dir: str | Path) -> Recipe:
     error when that folder holds no such teacher, or one of another architecture."""
     run_dir = Path(run_dir)
     where = f"--teacher-from {run_dir}"
-    if recipe.teacher.checkpoint is not None:
-        raise KDEngineError(f"{recipe.source}: teacher.checkpoint: give either teacher.checkpoint or "
-                            f"--teacher-from, not both")
-    if (run_dir / "summary.json").is_file():
-        raise KDEngineError(f"{where}: a multi-seed run folder; give the folder of one seed's run "
-                            f"(seed-<n>, whose teacher stage was trained)")
-    if not (run_dir / "recipe.json").is_file() or not (run_dir / "results.json").is_file():
-        raise KDEngineError(f"{where}: not a run folder (no recipe.json and results.json)")
-    results = Results.load(run_dir / "results.json")
+    results = _finished_run(recipe, run_dir, where)
     teacher = results.stage("teacher")
-    if not results.complete:
-        raise KDEngineError(f"{where}: the run has not finished (kdengine run --resume {run_dir} finishes it)")
     if teacher is None:
         raise KDEngineError(f"{where}: the run has no teacher stage")
     if not teacher.trained:
@@ -66,6 +60,77 @@ def teacher_from_run(recipe: Recipe, run_dir: str | Path) -> Recipe:
         raise KDEngineError(f"{where}: its teacher is {theirs}, this recipe's teacher is "
                             f"{describe(ComponentSpec(**architecture(ours)))}: the weights would not fit")
     return with_teacher_checkpoint(recipe, weights)
+
+
+def _finished_run(recipe: Recipe, run_dir: Path, where: str) -> Results:
+    """The results of the finished run in ``run_dir``, whose weights are to teach ``recipe``."""
+    if recipe.teacher.checkpoint is not None:
+        raise KDEngineError(f"{recipe.source}: teacher.checkpoint: give either teacher.checkpoint or "
+                            f"--teacher-from, not both")
+    if (run_dir / "summary.json").is_file():
+        raise KDEngineError(f"{where}: a multi-seed run folder; give the folder of one seed's run "
+                            f"(seed-<n>, whose teacher stage was trained)")
+    if not (run_dir / "recipe.json").is_file() or not (run_dir / "results.json").is_file():
+        raise KDEngineError(f"{where}: not a run folder (no recipe.json and results.json)")
+    results = Results.load(run_dir / "results.json")
+    if not results.complete:
+        raise KDEngineError(f"{where}: the run has not finished (kdengine run --resume {run_dir} finishes it)")
+    return results
+
+
+def _find_stage(plans: list[StagePlan], name: str) -> StagePlan | None:
+    """A stage by its name, or ``gen<N>``: a chain's generation N (``gen1`` is its teacher)."""
+    found = next((plan for plan in plans if plan.name == name), None)
+    number = re.fullmatch(r"gen(\d+)", name)
+    if found is None and number:
+        found = next((plan for plan in plans if plan.generation == int(number.group(1))), None)
+    return found
+
+
+def teacher_from_stage(recipe: Recipe, run_dir: str | Path, stage: str) -> tuple[Recipe, str | None]:
+    """The recipe taught by one stage of a finished run (a progressive chain's generation: its
+    name, or ``gen<N>``): that stage's best weights become ``teacher.checkpoint``, and the model
+    they fit, as that run's ``recipe.json`` names it for the stage, becomes the teacher.
+
+    The recipe's own ``[teacher]`` table keeps its settings (cache, precision); its model is
+    either that same architecture, or replaced by the stage's, which is allowed only when no loss
+    term taps the teacher's layers: those layer names belong to the recipe's teacher. Returns the
+    recipe and, when the model was replaced, a sentence that says so."""
+    run_dir = Path(run_dir)
+    where = f"--teacher-from {run_dir} --teacher-stage {stage}"
+    results = _finished_run(recipe, run_dir, where)
+    theirs = load_recipe(run_dir / "recipe.json")
+    plans = plan_stages(theirs)
+    plan = _find_stage(plans, stage)
+    if plan is None:
+        known = ", ".join(p.name if p.generation is None else f"{p.name} (gen{p.generation})" for p in plans)
+        raise KDEngineError(f"{where}: that run has no such stage; its stages: {known}")
+    weights = run_dir / "checkpoints" / plan.name / "best.safetensors"
+    if results.stage(plan.name) is None or not results.stage(plan.name).trained or not weights.is_file():
+        raise KDEngineError(f"{where}: that run did not train stage '{plan.name}' (no {weights})")
+    model = architecture(plan.spec.model_dump(mode="json"))
+    ours = architecture(recipe.to_dict()["teacher"])
+    note = None
+    if model != ours:
+        _, terms, _ = build_loss_terms(recipe, with_teacher=True)
+        taps = tap_paths(terms)[1]
+        if taps:
+            raise KDEngineError(
+                f"{where}: the loss terms tap the teacher's layers ({', '.join(taps)}), named for this recipe's "
+                f"teacher {describe(ComponentSpec(**ours))}, but stage '{plan.name}' is "
+                f"{describe(ComponentSpec(**model))}: make that model the recipe's [teacher], or tap no teacher layer")
+        note = (f"The recipe's teacher {describe(ComponentSpec(**ours))} is replaced by stage '{plan.name}' of "
+                f"{run_dir}: {describe(ComponentSpec(**model))}.")
+        spec = recipe.teacher.model_copy(update={"name": model["name"], "params": model["params"]})
+        replaced = recipe.model_copy(update={"teacher": spec})
+        try:  # the stage's model must be one that the catalog knows as a teacher, with valid params
+            checked = load_recipe(replaced.to_dict())
+        except KDEngineError as exc:
+            raise KDEngineError(f"{where}: stage '{plan.name}' ({describe(ComponentSpec(**model))}) cannot "
+                                f"teach: {exc}") from None
+        checked._source = recipe.source
+        recipe = checked
+    return with_teacher_checkpoint(recipe, weights.resolve()), note
 
 
 def shares_teacher(recipe: Recipe) -> bool:
