@@ -202,6 +202,10 @@ class TeacherSpec(ComponentSpec):
     #: Rows per teacher forward pass while building (consecutive student batches are joined);
     #: default: the student's batch size.
     cache_batch_size: int | None = Field(None, ge=1)
+    #: Classification: store each row's k largest logits (with their classes) instead of all of
+    #: them; reading rebuilds the rest so the top-k probabilities at T = 1 are the teacher's
+    #: exactly (:mod:`kdengine.teacher.topk`). None: the full logits.
+    cache_topk: int | None = Field(None, ge=1)
     #: The frozen teacher's precision when it teaches (and builds the cache): "same" as the
     #: stage's ``train.mixed_precision``, "no" (float32), "bf16", "fp16", or "auto": the fastest,
     #: measured on the first batch (bf16 and channels_last help some models and hurt others).
@@ -219,6 +223,13 @@ class TeacherSpec(ComponentSpec):
     def trains(self) -> bool:
         """Whether the run trains the teacher (not when it is a checkpoint or ``train = false``)."""
         return self.checkpoint is None and self.train is not False
+
+    @model_validator(mode="after")
+    def _topk_needs_the_cache(self) -> "TeacherSpec":
+        if self.cache_topk is not None and not self.cache:
+            raise ValueError("cache_topk: only the teacher-output cache stores top-k logits; set cache = true "
+                             "or drop cache_topk")
+        return self
 
     @model_validator(mode="after")
     def _freeze_needs_training(self) -> "TeacherSpec":

@@ -29,7 +29,7 @@ from kdengine.teacher.precision import InferenceSetting
 from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.balance import balance_stage, first_batches
-from kdengine.train.context import RunContext
+from kdengine.train.context import RunContext, steps_per_epoch
 from kdengine.train.checkpointing import apply_activation_checkpointing
 from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
@@ -112,7 +112,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     train_loader, monitor_loader = ctx.train_loader(train), ctx.eval_loader(ctx.monitor_set, train)
     if len(train_loader) == 0:
         raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
-    steps = min(len(train_loader), train.max_steps_per_epoch or len(train_loader))
+    steps = steps_per_epoch(len(ctx.train_set), train)
     augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
 
     inputs, targets = to_device(next(iter(train_loader)), ctx.device)
