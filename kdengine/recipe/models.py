@@ -128,6 +128,9 @@ class TrainSpec(_Section):
     #: Module paths of the trained model to checkpoint (``["features.3", "features.7"]``, as listed
     #: by ``kdengine layers``); used when ``activation_checkpointing`` is true.
     checkpoint_modules: list[str] = Field(default_factory=list)
+    #: torch.compile the trained model and the frozen teacher that teaches it (the first steps
+    #: are slower while the graphs compile; checkpoints hold the plain model's weights).
+    compile: bool = False
 
     @field_validator("max_memory")
     @classmethod
@@ -168,6 +171,7 @@ class TrainOverride(_Section):
     balance_steps: int | None = Field(None, ge=1)
     activation_checkpointing: bool | None = None
     checkpoint_modules: list[str] | None = None
+    compile: bool | None = None
 
     def apply(self, base: TrainSpec) -> TrainSpec:
         update = self.model_dump(exclude_unset=True)

@@ -31,6 +31,7 @@ from kdengine.teacher.sources import TeacherSource
 from kdengine.train.balance import balance_stage, first_batches
 from kdengine.train.context import RunContext, steps_per_epoch
 from kdengine.train.checkpointing import apply_activation_checkpointing
+from kdengine.train.compiling import compile_in_place
 from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
@@ -134,6 +135,8 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                              recorded=resume.result.loss_weights if resume is not None else None)
     if balanced is not None:
         weights = balanced.weights
+    if train.compile:  # after the set-up passes above, which run once and need no compiled graph
+        compile_in_place(model, ctx.recipe.source, f"{plan.name}'s {describe(plan.spec)}")
 
     optimizer = build_optimizer(objective.parameters(), train.optimizer)
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
