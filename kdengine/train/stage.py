@@ -183,15 +183,18 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                 scaler_skipped += done.scaler_skipped  # fp16 overflow: no update, a lower scale, go on
                 sums += torch.stack([done.total] + done.values)
                 seen += 1
-                bar.advance(float(done.total))
-            means = (sums / max(seen, 1)).tolist()
-            metrics = {}
+                bar.advance(done.total)  # read off the device only now and then (reporting.progress)
+            means = (sums / max(seen, 1)).tolist()  # the epoch's one read of the losses (waits for the device)
+            train_seconds = time.perf_counter() - epoch_start
+            metrics, eval_seconds = {}, 0.0
             if epoch % train.eval_every == 0 or epoch == train.epochs:
                 metrics = ctx.scorer(student, monitor_loader, train.channels_last)
+                eval_seconds = time.perf_counter() - epoch_start - train_seconds
                 schedule.end_epoch(metrics[monitor])
-                bar.end_epoch(epoch, monitor, metrics[monitor])
+            bar.end_epoch(epoch, monitor, metrics.get(monitor))
             record = EpochRecord(epoch=epoch, losses=dict(zip(["total"] + term_names, means)), metrics=metrics,
-                                 lr=schedule.lr, seconds=time.perf_counter() - epoch_start, skipped_batches=skipped,
+                                 lr=schedule.lr, seconds=time.perf_counter() - epoch_start,
+                                 train_seconds=train_seconds, eval_seconds=eval_seconds, skipped_batches=skipped,
                                  scaler_skipped=scaler_skipped)
             keeper.keep(record, objective, optimizer, schedule)
     accelerator.wait_for_everyone()
