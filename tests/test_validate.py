@@ -118,3 +118,8 @@ def test_cache_estimates_share_one_cache_between_stages_taught_alike(tiny_recipe
     recipe["train"]["baseline"] = False
     report = dry_run(recipe)
     assert [c.stages for c in report.caches] == [["g2", "direct"]]  # both taught by the teacher's best weights
+
+
+def test_two_dry_runs_of_a_recipe_report_the_same_losses(tiny_recipe):
+    first = dry_run(copy.deepcopy(tiny_recipe)).loss_values
+    assert dry_run(tiny_recipe).loss_values == first  # the teacher too is built under the run's seed

@@ -185,6 +185,7 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
     teacher = load_teacher_checkpoint(recipe, teacher_factory, info)
     if teacher is None:
+        torch.manual_seed(recipe.run.seed)  # the same loss values on every dry run of a recipe
         with located(recipe.source, "teacher"):
             teacher = teacher_factory.build(info)
     teacher.eval().requires_grad_(False)
