@@ -367,3 +367,18 @@ def test_a_resumed_stage_keeps_the_teacher_setting_auto_chose(tiny_recipe, tmp_p
     results = kdengine.resume(run_dir, progress=False)
     assert chosen == []  # not measured again
     assert results.stage("distilled").teacher_inference == {"precision": "bf16", "channels_last": True}
+
+
+def test_validate_predicts_the_size_the_cache_then_takes_on_disk(tiny_recipe, tmp_path):
+    from kdengine.tools.validate import dry_run
+
+    recipe = classification_recipe(tiny_recipe)
+    recipe["teacher"].update(cache=True, cache_dir=str(tmp_path / "cache"), train={"epochs": 1})
+    recipe["loss"].append({"name": "fitnets", "weight": 0.1,  # a tapped (8, 8, 8) feature: most of the bytes
+                           "params": {"student_layer": "features.0", "teacher_layer": "features.0"}})
+    (estimate,) = dry_run(recipe).caches
+    kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
+    cache = the_cache(tmp_path / "cache")
+    assert estimate.bytes == cache.size_bytes()  # every stored array, headers included
+    on_disk = sum(p.stat().st_size for p in cache.path.rglob("*") if p.is_file())  # with meta.json
+    assert estimate.bytes == pytest.approx(on_disk, rel=0.03)

@@ -92,6 +92,25 @@ def test_eval_every_skips_epochs_but_always_scores_the_last(tiny_recipe, tmp_pat
     assert scored.count("val") == 2 * 2
 
 
+def test_evaluation_time_is_kept_apart_from_the_epochs_training_time(tiny_recipe, tmp_path, monkeypatch):
+    import time
+
+    def slow_score(self, model, loader, channels_last):
+        time.sleep(0.3)
+        return {"top1": 0.5, "top5": 1.0}
+
+    monkeypatch.setattr(Scorer, "__call__", slow_score)
+    tiny_recipe["train"].update(epochs=2, eval_every=2, baseline=False)
+    results = kdengine.run(tiny_recipe, output_dir=tmp_path, progress=False)
+    skipped, evaluated = results.stage("distilled").history
+    assert skipped.eval_seconds == 0 and evaluated.eval_seconds >= 0.3
+    for record in (skipped, evaluated):  # seconds: the whole epoch, training and evaluation
+        assert 0 < record.train_seconds and record.train_seconds + record.eval_seconds <= record.seconds
+    assert evaluated.seconds - evaluated.train_seconds >= 0.3
+    lines = [json.loads(line) for line in (tmp_path / results.run_dir.split("/")[-1] / "metrics.jsonl").open()]
+    assert {"seconds", "train_seconds", "eval_seconds"} <= set(lines[-1])
+
+
 def test_a_dataset_without_val_stops_before_anything_trains(tiny_recipe, tmp_path, monkeypatch, capsys):
     def no_val(self):
         raise MissingSplitError("Digits has no validation split")

@@ -6,17 +6,17 @@ default. Unknown keys are errors (``extra="forbid"``). Loading and the second va
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PlainValidator, PrivateAttr, Tag,
-                      ValidationError, field_validator, model_validator)
+from pydantic import Field, PlainValidator, PrivateAttr, ValidationError, field_validator, model_validator
 
-from kdengine.recipe.trackers import check_tracker_names, supported_trackers
+# The optimizer and schedule tables live in their own module; their names stay importable from here.
+from kdengine.recipe.optimizers import (AdamSpec, AdamWSpec, ConstantSchedule, OptimizerSpec,  # noqa: F401
+                                        SchedulerSpec, SGDSpec)
 from kdengine.recipe.problems import format_validation_error
+from kdengine.recipe.table import Table as _Section
+from kdengine.recipe.trackers import check_tracker_names, supported_trackers
 from kdengine.recipe.units import parse_size
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 class RunSection(_Section):
@@ -71,87 +71,6 @@ class DataSpec(ComponentSpec):
     #: image and label sizes disagree: stop with an error naming the file, or leave the sample
     #: out and report the count (and the files) in the results and a warning at the start.
     on_bad_sample: Literal["error", "skip"] = "error"
-
-
-class SGDSpec(_Section):
-    name: Literal["sgd"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-
-
-class AdamSpec(_Section):
-    name: Literal["adam"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
-
-
-class AdamWSpec(_Section):
-    name: Literal["adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    #: PyTorch's AdamW default: decoupled decay is the point of AdamW.
-    weight_decay: float = Field(0.01, ge=0)
-
-
-def _named(default: str):
-    """The ``name`` of a tagged table, ``default`` when the table gives none (``{ lr = 0.1 }``)."""
-
-    def tag(value: Any) -> str:
-        if isinstance(value, Mapping):
-            return value.get("name", default)
-        return getattr(value, "name", default)
-    return tag
-
-
-#: ``train.optimizer``: each optimizer accepts its own keys only, with defaults that suit it.
-OptimizerSpec = Annotated[
-    Union[Annotated[SGDSpec, Tag("sgd")], Annotated[AdamSpec, Tag("adam")], Annotated[AdamWSpec, Tag("adamw")]],
-    Discriminator(_named("sgd"), custom_error_type="optimizer_name",
-                  custom_error_message="name: input should be 'sgd', 'adam' or 'adamw'"),
-]
-
-
-class _Schedule(_Section):
-    #: Linear warm-up from lr/100 to lr over this many epochs (counted in optimizer steps).
-    warmup_epochs: int = Field(0, ge=0)
-
-
-class ConstantSchedule(_Schedule):
-    name: Literal["none"] = "none"
-
-
-class CosineSchedule(_Schedule):
-    name: Literal["cosine"] = "cosine"
-    #: The learning rate at the end of the stage.
-    min_lr: float = Field(0.0, ge=0)
-
-
-class StepSchedule(_Schedule):
-    name: Literal["step"] = "step"
-    #: Multiply the lr by ``gamma`` every ``step_size`` epochs.
-    step_size: int = Field(30, ge=1)
-    gamma: float = Field(0.1, gt=0, le=1)
-
-
-class PlateauSchedule(_Schedule):
-    name: Literal["plateau"] = "plateau"
-    #: Multiply the lr by ``factor`` after ``patience`` epochs without improvement of the monitor.
-    patience: int = Field(2, ge=0)
-    factor: float = Field(0.1, gt=0, lt=1)
-    #: The lowest learning rate.
-    min_lr: float = Field(0.0, ge=0)
-
-
-#: ``train.scheduler``: each schedule accepts its own keys only.
-SchedulerSpec = Annotated[
-    Union[Annotated[ConstantSchedule, Tag("none")], Annotated[CosineSchedule, Tag("cosine")],
-          Annotated[StepSchedule, Tag("step")], Annotated[PlateauSchedule, Tag("plateau")]],
-    Discriminator(_named("none"), custom_error_type="scheduler_name",
-                  custom_error_message="name: input should be 'none', 'cosine', 'step' or 'plateau'"),
-]
 
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
@@ -209,6 +128,9 @@ class TrainSpec(_Section):
     #: Module paths of the trained model to checkpoint (``["features.3", "features.7"]``, as listed
     #: by ``kdengine layers``); used when ``activation_checkpointing`` is true.
     checkpoint_modules: list[str] = Field(default_factory=list)
+    #: torch.compile the trained model and the frozen teacher that teaches it (the first steps
+    #: are slower while the graphs compile; checkpoints hold the plain model's weights).
+    compile: bool = False
 
     @field_validator("max_memory")
     @classmethod
@@ -249,6 +171,7 @@ class TrainOverride(_Section):
     balance_steps: int | None = Field(None, ge=1)
     activation_checkpointing: bool | None = None
     checkpoint_modules: list[str] | None = None
+    compile: bool | None = None
 
     def apply(self, base: TrainSpec) -> TrainSpec:
         update = self.model_dump(exclude_unset=True)
@@ -283,6 +206,10 @@ class TeacherSpec(ComponentSpec):
     #: Rows per teacher forward pass while building (consecutive student batches are joined);
     #: default: the student's batch size.
     cache_batch_size: int | None = Field(None, ge=1)
+    #: Classification: store each row's k largest logits (with their classes) instead of all of
+    #: them; reading rebuilds the rest so the top-k probabilities at T = 1 are the teacher's
+    #: exactly (:mod:`kdengine.teacher.topk`). None: the full logits.
+    cache_topk: int | None = Field(None, ge=1)
     #: The frozen teacher's precision when it teaches (and builds the cache): "same" as the
     #: stage's ``train.mixed_precision``, "no" (float32), "bf16", "fp16", or "auto": the fastest,
     #: measured on the first batch (bf16 and channels_last help some models and hurt others).
@@ -300,6 +227,13 @@ class TeacherSpec(ComponentSpec):
     def trains(self) -> bool:
         """Whether the run trains the teacher (not when it is a checkpoint or ``train = false``)."""
         return self.checkpoint is None and self.train is not False
+
+    @model_validator(mode="after")
+    def _topk_needs_the_cache(self) -> "TeacherSpec":
+        if self.cache_topk is not None and not self.cache:
+            raise ValueError("cache_topk: only the teacher-output cache stores top-k logits; set cache = true "
+                             "or drop cache_topk")
+        return self
 
     @model_validator(mode="after")
     def _freeze_needs_training(self) -> "TeacherSpec":

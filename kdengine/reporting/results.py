@@ -22,7 +22,12 @@ class EpochRecord(BaseModel):
     #: that ``train.eval_every`` skips.
     metrics: dict[str, float] = Field(default_factory=dict)
     lr: float | None = None
+    #: The epoch's wall time: its training steps and its evaluation on the monitor split.
     seconds: float = 0.0
+    #: Of ``seconds``: the training steps alone (with the teacher's forward passes), and the
+    #: evaluation alone (0 in epochs that ``train.eval_every`` skips).
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
     #: Batches left out under ``train.on_nan = "skip"`` (a non-finite loss or gradients).
     skipped_batches: int = 0
     #: fp16: steps whose update the gradient scaler skipped (overflowed gradients; the scale was

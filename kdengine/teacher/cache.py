@@ -10,6 +10,9 @@ A cache folder holds, for one teacher and one student data stream, one sub-folde
         epoch-0001/feat-0.npy  the tapped teacher features the loss terms need (when any)
         ...
 
+With ``teacher.cache_topk`` an epoch holds the top-k logits, their classes and each row's
+log-sum-exp instead of ``output.npy`` (:mod:`kdengine.teacher.topk`).
+
 Rows follow the student's batches: step ``s`` of an epoch covers rows ``offsets[s]`` to
 ``offsets[s + 1]``; under several processes each process reads its contiguous share of the step.
 The student's data order and augmentation are pure functions of (seed, epoch, sample, step,
@@ -23,6 +26,7 @@ at a time to a temporary folder and renamed into place: an interrupted build lea
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import time
@@ -37,6 +41,7 @@ from torch import nn
 
 from kdengine.io.atomic import atomic_write_text
 from kdengine.errors import KDEngineError
+from kdengine.teacher import topk
 
 FORMAT = 1
 STORAGE = {"float16": (torch.float16, np.float16), "bfloat16": (torch.bfloat16, np.int16),
@@ -85,6 +90,8 @@ class TeacherCache:
         self.meta = meta
         self.layout = Layout(tuple(meta["sizes"]), meta["num_processes"])
         self.torch_dtype, self.np_dtype = STORAGE[meta["dtype"]]
+        #: ``teacher.cache_topk`` (a key part only when set: full-logit caches keep their keys).
+        self.topk: int | None = meta["parts"].get("output_topk")
         self._open: dict[int, dict[str, np.ndarray]] = {}
 
     # -- opening
@@ -176,8 +183,10 @@ class TeacherCache:
                 values = {"output": output, **{f"feat-{i}": features[p] for i, p in enumerate(feature_paths)}}
                 if not arrays:
                     self._record_shapes(values)
+                values = stored_arrays(values, self.topk)
+                if not arrays:
                     arrays = {
-                        name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=self.np_dtype,
+                        name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=self._np_dtype(value),
                                                         shape=(self.layout.rows, *value.shape[1:]))
                         for name, value in values.items()
                     }
@@ -228,7 +237,12 @@ class TeacherCache:
                 f"{self.meta['shapes']}; delete the folder to rebuild it"
             )
 
+    def _np_dtype(self, value: torch.Tensor) -> np.dtype:
+        return self.np_dtype if value.is_floating_point() else value.cpu()[:0].numpy().dtype
+
     def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
+        if not value.is_floating_point():  # classes of top-k logits: stored as they are
+            return value.detach().cpu().numpy()
         value = value.detach().to("cpu", self.torch_dtype)
         if self.torch_dtype is torch.bfloat16:
             value = value.view(torch.int16)
@@ -257,11 +271,49 @@ class TeacherCache:
 
         def read(name: str) -> torch.Tensor:
             value = torch.from_numpy(np.array(arrays[name][start:stop]))  # a copy: the map is read-only
+            if value.dtype is torch.int32:  # top-k classes
+                return value.to(device=device, non_blocking=True)
             if self.torch_dtype is torch.bfloat16:
                 value = value.view(torch.bfloat16)
             return value.to(device=device, dtype=torch.float32, non_blocking=True)
 
-        return read("output"), {p: read(f"feat-{i}") for i, p in enumerate(feature_paths)}
+        if self.topk is None:
+            output = read("output")
+        else:
+            classes = self.meta["shapes"]["output"][0]
+            output = topk.decode(read(topk.VALUES), read(topk.CLASSES), read(topk.LSE), classes)
+        return output, {p: read(f"feat-{i}") for i, p in enumerate(feature_paths)}
+
+
+def stored_arrays(values: dict[str, torch.Tensor], k: int | None) -> dict[str, torch.Tensor]:
+    """What an epoch's folder stores for a batch of teacher outputs and features: them as they are,
+    or with top-k storage, the output's top-k arrays in its place."""
+    if k is None:
+        return values
+    problem = topk.topk_problem(tuple(values["output"].shape), [n for n in values if n != "output"])
+    if problem is not None:
+        raise KDEngineError(problem)
+    return {**topk.encode(values["output"], k), **{n: v for n, v in values.items() if n != "output"}}
+
+
+def npy_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The size of an .npy file holding an array of ``shape`` and ``dtype`` (header included)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": tuple(shape)})
+    return len(header.getvalue()) + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def predicted_bytes(values: dict[str, torch.Tensor], rows: int, epochs: int, dtype: str, k: int | None) -> int:
+    """The size on disk of a cache of ``epochs`` epochs of ``rows`` rows, from one batch of the
+    teacher's outputs and features (``values``, named as in an epoch's folder: ``output``,
+    ``feat-0``, ...) stored in ``dtype`` (``teacher.cache_dtype``), with top-k storage when ``k``."""
+    storage = STORAGE[dtype][1]
+    per_epoch = 0
+    for value in stored_arrays(values, k).values():
+        kind = storage if value.is_floating_point() else value.cpu()[:0].numpy().dtype
+        per_epoch += npy_bytes((rows, *value.shape[1:]), kind)
+    return epochs * per_epoch
 
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:

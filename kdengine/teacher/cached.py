@@ -4,8 +4,9 @@
 The cache is keyed by everything that changes the teacher's outputs on the student's batches:
 the teacher's weights (its file's hash, or its state dict's for a teacher as its factory
 delivers it), the data and its fingerprint, the seed (which fixes the data order and
-every augmentation draw), the batch layout over processes, and the precision and memory format
-the teacher runs in (the one measured under ``teacher.precision = "auto"``, not the word "auto").
+every augmentation draw), the batch layout over processes, the precision and memory format the
+teacher runs in (the one measured under ``teacher.precision = "auto"``, not the word "auto"), and
+top-k storage (``teacher.cache_topk``), so a top-k cache is never read by a full-logit run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kdengine.reporting.progress import console
 from kdengine.teacher.cache import Layout, TeacherCache
 from kdengine.teacher.precision import agree, fixed_setting, teacher_runner
 from kdengine.teacher.replay import BatchAugmentStream, check_replayable
+from kdengine.teacher.topk import topk_problem
 from kdengine.train.tensors import prepare_inputs, to_device
 
 if TYPE_CHECKING:
@@ -53,6 +55,9 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
             f"{recipe.source}: train.batch_size: {train.batch_size} (and the last batch, {sizes[-1]}) must "
             f"divide evenly over {processes} processes for the teacher cache"
         )
+    problem = topk_problem(None, feature_paths) if recipe.teacher.cache_topk is not None else None
+    if problem is not None:  # known before anything is built; a dense output shows at the first batch
+        raise KDEngineError(f"{recipe.source}: {problem}")
     layout = Layout(tuple(sizes), processes)
     augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
 
@@ -98,6 +103,9 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
         "teacher_inference": [source.setting.precision, source.setting.channels_last],
         "group_rows": recipe.teacher.cache_batch_size or train.batch_size,
     }
+    if recipe.teacher.cache_topk is not None:
+        # A part only when set: the full-logit caches built before top-k storage keep their keys.
+        parts["output_topk"] = recipe.teacher.cache_topk
 
     def teacher():
         loader = ctx.train_loader(train)

@@ -18,6 +18,7 @@ from torch import nn
 
 from kdengine.plugins.features import FeatureTaps
 from kdengine.reporting.progress import console
+from kdengine.train.compiling import compiled_call
 
 if TYPE_CHECKING:
     from kdengine.recipe import TrainSpec
@@ -48,6 +49,7 @@ class TeacherRunner:
         self.model = model
         self.taps = taps
         self.setting = setting
+        self._forward = model
         self._layout()
 
     def _layout(self) -> None:
@@ -58,6 +60,10 @@ class TeacherRunner:
         self.setting = setting
         self._layout()
 
+    def compile(self, source: str) -> None:
+        """Run the teacher compiled from now on (``train.compile``); the model itself is left as it is."""
+        self._forward = compiled_call(self.model, source, "the teacher")
+
     def __call__(self, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             fmt = torch.channels_last if self.setting.channels_last else torch.contiguous_format
@@ -67,7 +73,7 @@ class TeacherRunner:
         # Nested inside the stage's autocast, this one decides the teacher's precision alone.
         with torch.inference_mode(), torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                                     enabled=dtype is not None):
-            output = self.model(inputs)
+            output = self._forward(inputs)
             features = self.taps.collect() if self.taps else {}
         return output.clone(), {k: v.clone() for k, v in features.items()}
 
@@ -147,4 +153,6 @@ def teacher_runner(ctx: "RunContext", train: "TrainSpec", model: nn.Module, feat
     if timings and ctx.progress and ctx.accelerator.is_main_process:
         measured = ", ".join(f"{option}: {seconds * 1e3:.0f} ms" for option, seconds in timings.items())
         console.print(f"teacher inference: {runner.setting} (fastest of {measured})")
+    if train.compile:  # after the choice: the candidates are timed as they run uncompiled
+        runner.compile(ctx.recipe.source)
     return runner

@@ -2,15 +2,23 @@
 
 It builds the dataset, teacher and student, pushes one training batch through the augmentation,
 the teacher, the student and every loss term (so feature taps and adapter shapes are checked),
-and measures parameters, FLOPs (torch.utils.flop_counter) and the batch's memory.
+and measures parameters, FLOPs (torch.utils.flop_counter), the batch's memory and, with
+``teacher.cache = true``, the size the teacher-output cache will take on disk.
+
+A large teacher on a CPU takes seconds per batch, so no pass is made twice: each teaching model
+runs once on the batch (its outputs serve every pair it teaches), each student once per pair (the
+pass that sets up its loss terms is the one the backward goes through), and FLOPs and times are
+taken on those passes, once per distinct model, not on passes of their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -19,18 +27,29 @@ from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.features import FeatureTaps
 from kdengine.recipe import Recipe, load_recipe
 from kdengine.recipe.shares import AUTO, stage_shares
-from kdengine.recipe.stages import plan_stages
+from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.tracking import check_installed
+from kdengine.teacher.cache import predicted_bytes
+from kdengine.teacher.given import load_teacher_checkpoint
 from kdengine.teacher.precision import InferenceSetting, TeacherRunner, candidates, choose
 from kdengine.teacher.replay import BatchAugmentStream, SeededItems, check_replayable
+from kdengine.teacher.topk import topk_problem
 from kdengine.tools.layers import Layer, format_layers, model_layers
-from kdengine.train.context import open_dataset, open_splits
+from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_norms, solve_weights
+from kdengine.train.context import open_dataset, open_splits, step_sizes
 from kdengine.train.coupling import batch_coupled, coupling_note
 from kdengine.train.models import count_parameters, describe
-from kdengine.teacher.given import load_teacher_checkpoint
-from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_norms, solve_weights
-from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths, term_keys
+from kdengine.train.objective import build_loss_terms, set_up_and_run, set_up_objective, tap_paths, term_keys
 from kdengine.train.tensors import prepare_inputs
+
+#: Rows of the batch each candidate of ``teacher.precision = "auto"`` is timed on: enough to rank
+#: them (a U-Net with a ResNet-34 encoder at 256 px ranks its four the same on 2, 4 and 16 rows),
+#: few enough that four candidates of a large teacher take seconds, not minutes. A run times them
+#: again on up to 32 rows of its first batch, and keeps its own choice.
+TIMING_ROWS = 2
+
+#: A teacher's output and tapped features on the batch.
+Taught = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -39,7 +58,25 @@ class ModelReport:
     model: str
     params: int
     forward_flops: int
+    #: Wall time of that forward pass (a teacher's under inference_mode, a student's as it trains).
     seconds: float
+
+
+@dataclass
+class CacheEstimate:
+    """What one teacher-output cache will hold on disk once built."""
+
+    stages: list[str]
+    bytes: int
+    epochs: int
+    rows: int
+    dtype: str
+    topk: int | None
+
+    def line(self) -> str:
+        stored = f"top-{self.topk} logits" if self.topk else "outputs"
+        return (f"teacher cache ({', '.join(self.stages)}): {self.bytes / 2**20:.1f} MiB on disk once built "
+                f"({self.epochs} epochs x {self.rows} rows, {stored} in {self.dtype}, one process)")
 
 
 @dataclass
@@ -52,8 +89,12 @@ class DryRunReport:
     loss_weights: list[str] = field(default_factory=list)
     peak_memory_bytes: int = 0
     memory_measured: bool = False
-    #: Seconds per 32-image teacher forward for each candidate setting (``teacher.precision = "auto"``).
+    #: Seconds per teacher forward on ``timing_rows`` images for each candidate setting
+    #: (``teacher.precision = "auto"``).
     teacher_inference: dict[str, float] = field(default_factory=dict)
+    timing_rows: int = 0
+    #: With ``teacher.cache = true``: each cache the run will build, and its size.
+    caches: list[CacheEstimate] = field(default_factory=list)
     #: Bad samples of the train split left out (``data.on_bad_sample = "skip"``).
     skipped: list[str] = field(default_factory=list)
     #: With ``layers=True``: each distinct model's tappable layers on the batch, by ``role model``.
@@ -73,11 +114,14 @@ class DryRunReport:
         out += [f"  {line}" for line in self.loss_weights]
         if self.teacher_inference:
             fastest = min(self.teacher_inference, key=self.teacher_inference.get)
+            out.append(f"  teacher inference, timed on {self.timing_rows} images (a run times them again "
+                       "on up to 32 of its first batch):")
             for setting, seconds in self.teacher_inference.items():
                 mark = "  <- fastest, used" if setting == fastest else ""
-                out.append(f"  teacher inference {setting}: {seconds * 1e3:.0f} ms per 32 images{mark}")
+                out.append(f"    {setting}: {seconds * 1e3:.1f} ms{mark}")
         kind = "peak (measured)" if self.memory_measured else "estimate (weights, grads, optimizer state, saved activations)"
         out.append(f"  training memory {kind}: {self.peak_memory_bytes / 2**20:.1f} MiB")
+        out += [f"  {cache.line()}" for cache in self.caches]
         for stage, coupled in self.micro_batch_coupled.items():
             out.append(f"  train.max_memory: {stage}: if its batch is split into micro-batches, "
                        f"{coupling_note(coupled)}")
@@ -87,12 +131,48 @@ class DryRunReport:
         return out
 
 
-def _flops(model, inputs) -> tuple[int, float]:
-    counter = FlopCounterMode(display=False)
-    start = time.perf_counter()
-    with torch.inference_mode(), counter:
-        model(inputs)
-    return counter.get_total_flops(), time.perf_counter() - start
+class ForwardMeter:
+    """FLOPs and wall time of each distinct model's forward pass, taken on a pass the dry run makes
+    anyway, once per model description (a teacher and a student of one architecture: once)."""
+
+    def __init__(self):
+        self.measured: dict[str, tuple[int, float]] = {}
+
+    @contextlib.contextmanager
+    def next_forward(self, key: str, model: nn.Module):
+        """Within the block, ``model``'s next forward pass, whoever makes it, is counted as ``key``'s
+        (unless ``key`` was counted before): the model's own pass only, not its caller's loss terms."""
+        if key in self.measured:
+            yield
+            return
+        own = vars(model).get("forward")  # a forward set on the instance (activation checkpointing) stays
+        original = model.forward
+
+        def restore():
+            if own is not None:
+                model.forward = own
+            else:
+                vars(model).pop("forward", None)
+
+        def counted(*args, **kwargs):
+            restore()
+            counter = FlopCounterMode(display=False)
+            start = time.perf_counter()
+            with counter:
+                output = original(*args, **kwargs)
+            self.measured[key] = (counter.get_total_flops(), time.perf_counter() - start)
+            return output
+
+        model.forward = counted
+        try:
+            yield
+        finally:
+            restore()
+
+
+def _copies(taught: Taught) -> Taught:
+    output, features = taught
+    return output.clone(), {k: v.clone() for k, v in features.items()}
 
 
 def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
@@ -105,15 +185,21 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     teacher_factory = catalog.get("teacher", recipe.teacher.name)(recipe.teacher.params)
     teacher = load_teacher_checkpoint(recipe, teacher_factory, info)
     if teacher is None:
+        torch.manual_seed(recipe.run.seed)  # the same loss values on every dry run of a recipe
         with located(recipe.source, "teacher"):
             teacher = teacher_factory.build(info)
     teacher.eval().requires_grad_(False)
     plans = [plan for plan in plan_stages(recipe) if plan.role == "student"]
-    models = {"teacher": teacher}
-    for plan in plans:
+    models, by_architecture = {"teacher": teacher}, {}
+    # The taught students first: a scratch baseline runs in no pair, so a taught twin stands in for it.
+    for plan in sorted(plans, key=lambda p: p.teacher is None):
+        if plan.teacher is None and describe(plan.spec) in by_architecture:
+            models[plan.name] = by_architecture[describe(plan.spec)]
+            continue
         torch.manual_seed(recipe.run.seed)
         with located(recipe.source, plan.where):
             models[plan.name] = catalog.get("student", plan.spec.name)(plan.spec.params).build(info)
+        by_architecture.setdefault(describe(plan.spec), models[plan.name])
 
     train_set, _, _ = open_splits(recipe, provider)  # a missing val split stops the dry run as it would the run
     with located(recipe.source, "data"):
@@ -133,44 +219,91 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     report = DryRunReport(recipe=recipe.source, batch_shape=tuple(inputs.shape),
                           skipped=provider.skipped_samples())
     described = [("teacher", "teacher", recipe.teacher)] + [(p.name, "student", p.spec) for p in plans]
-    seen_specs = set()
+    spec_of = {name: spec for name, _, spec in described}
     distinct: dict[str, tuple[list[str], str]] = {}  # model -> (its roles, a stage building it)
     for name, role, spec in described:
         roles = distinct.setdefault(describe(spec), ([], name))[0]
         if role not in roles:
             roles.append(role)
-        if describe(spec) in seen_specs:
-            continue
-        seen_specs.add(describe(spec))
-        flops, seconds = _flops(models[name], inputs)
-        report.models.append(ModelReport(role, describe(spec), count_parameters(models[name]), flops, seconds))
+
+    meter = ForwardMeter()
+    _, teacher_paths = tap_paths(build_loss_terms(recipe, with_teacher=True)[1])
+    taught: dict[str, Taught] = {}  # by teaching stage; every pair has the same loss terms, so the same taps
+
+    def outputs_of(name: str) -> Taught:
+        if name not in taught:
+            model = models[name].eval().requires_grad_(False)
+            taps = FeatureTaps(model, teacher_paths, role="teacher") if teacher_paths else None
+            runner = TeacherRunner(model, taps, InferenceSetting("no", recipe.train.channels_last))
+            try:
+                with meter.next_forward(describe(spec_of[name]), model):
+                    taught[name] = runner(inputs)
+            finally:
+                runner.close()
+        return _copies(taught[name])
 
     # Every distillation pair pushes the batch through all its loss terms (taps, adapters, shapes).
     pairs = [p for p in plans if p.teacher is not None]
     for plan in pairs:
         prefix = f"{plan.name}: " if len(pairs) > 1 else ""
-        values, memory, balanced = _check_pair(recipe, models[plan.teacher].eval().requires_grad_(False),
-                                               models[plan.name], inputs, targets)
+        values, memory, balanced = _check_pair(recipe, models[plan.teacher], outputs_of(plan.teacher),
+                                               models[plan.name], inputs, targets,
+                                               meter.next_forward(describe(plan.spec), models[plan.name]))
         report.loss_values.update({prefix + k: v for k, v in values.items()})
         if balanced is not None:
             report.loss_weights.append(prefix + balanced.describe(
                 how="measured on this one batch; training measures on each stage's first "
                     f"train.balance_steps = {plan.train.balance_steps} batches"))
         report.peak_memory_bytes = max(report.peak_memory_bytes, memory)
+    for model, (roles, name) in distinct.items():
+        if model not in meter.measured:  # a model no pair ran
+            with meter.next_forward(model, models[name]), torch.inference_mode():
+                models[name](inputs)
+        flops, seconds = meter.measured[model]
+        report.models.append(ModelReport(roles[0], model, count_parameters(models[name]), flops, seconds))
     if torch.cuda.is_available() and inputs.is_cuda:
         report.peak_memory_bytes = torch.cuda.max_memory_allocated()
         report.memory_measured = True
     report.micro_batch_coupled = micro_batch_coupling(recipe, models)
+    if recipe.teacher.cache:
+        report.caches = cache_estimates(recipe, pairs, len(train_set), taught, teacher_paths)
     if recipe.teacher.precision == "auto":
         options = candidates("auto", recipe.teacher.channels_last, recipe.train.mixed_precision,
                              recipe.train.channels_last, inputs.device)
         runner = TeacherRunner(teacher, None, options[0])
-        report.teacher_inference = {str(o): t for o, t in choose(runner, options, inputs).items()}
+        report.teacher_inference = {str(o): t for o, t in choose(runner, options, inputs, rows=TIMING_ROWS).items()}
+        report.timing_rows = min(TIMING_ROWS, inputs.shape[0])
         teacher.to(memory_format=torch.contiguous_format)
     if layers:  # last: the listing puts the models in eval mode
         report.layers = {f"{' and '.join(roles)} {model}": model_layers(models[name], inputs)
                          for model, (roles, name) in distinct.items()}
     return report
+
+
+def cache_estimates(recipe: Recipe, pairs: list[StagePlan], train_rows: int, taught: dict[str, Taught],
+                    teacher_paths: list[str]) -> list[CacheEstimate]:
+    """The size of each teacher-output cache the run will build, from its teacher's outputs on the
+    batch; stages taught by the same weights with the same batch layout share one cache."""
+    spec = recipe.teacher
+    groups: dict[tuple, list[StagePlan]] = {}
+    for plan in pairs:
+        train = plan.train
+        key = (plan.teacher, plan.weights, train.batch_size, train.max_steps_per_epoch, train.mixed_precision,
+               train.channels_last)
+        groups.setdefault(key, []).append(plan)
+    out = []
+    for (teacher, *_), plans in groups.items():
+        output, features = taught[teacher]
+        problem = topk_problem(tuple(output.shape), teacher_paths) if spec.cache_topk is not None else None
+        if problem is not None:
+            raise KDEngineError(f"{recipe.source}: {problem}")
+        rows = sum(step_sizes(train_rows, plans[0].train))
+        epochs = max(plan.train.epochs for plan in plans)  # a cache holds as many epochs as its longest stage
+        values = {"output": output, **{f"feat-{i}": features[p] for i, p in enumerate(teacher_paths)}}
+        out.append(CacheEstimate([plan.name for plan in plans],
+                                 predicted_bytes(values, rows, epochs, spec.cache_dtype, spec.cache_topk),
+                                 epochs, rows, spec.cache_dtype, spec.cache_topk))
+    return out
 
 
 def micro_batch_coupling(recipe: Recipe, models: dict) -> dict[str, list[str]]:
@@ -187,37 +320,41 @@ def micro_batch_coupling(recipe: Recipe, models: dict) -> dict[str, list[str]]:
     return out
 
 
-def _check_pair(recipe: Recipe, teacher, student, inputs,
-                targets) -> tuple[dict[str, float], int, LossWeights | None]:
-    """Loss values for one teacher -> student pair, the training-memory estimate, and the weights
-    of its ``weight = "auto"`` terms (measured on this one batch, as a stage does on its first
-    ``train.balance_steps``), None when no weight is auto."""
+def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.Module, inputs, targets,
+                measuring) -> tuple[dict[str, float], int, LossWeights | None]:
+    """Loss values for one teacher -> student pair (``taught``: the teacher's output and features
+    on the batch), the training-memory estimate, and the weights of its ``weight = "auto"`` terms
+    (measured on this one batch, as a stage does on its first ``train.balance_steps``), None when
+    no weight is auto. ``measuring`` is entered around the student's first forward pass."""
     specs, terms, weights = build_loss_terms(recipe, with_teacher=True)
+    t_out, t_feats = taught
     balanced = None
-    _, teacher_paths = tap_paths(terms)
-    teacher_taps = FeatureTaps(teacher, teacher_paths, role="teacher") if teacher_paths else None
-    runner = TeacherRunner(teacher, teacher_taps, InferenceSetting("no", recipe.train.channels_last))
+    saved = [0]
+
+    def pack(tensor):
+        saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
     objective = None
     try:
-        objective = set_up_objective(student, terms, inputs, targets, runner)
         if AUTO in weights:
-            norms, _ = measure_gradient_norms(objective, [(inputs, targets, lambda x, rows: runner(x))])
+            # The auto weights are measured on the objective once it is set up, before the loss
+            # pass: the student runs twice here, as a stage's set-up does.
+            with measuring:
+                objective = set_up_objective(student, terms, inputs, targets, lambda x: _copies(taught))
+            norms, _ = measure_gradient_norms(objective, [(inputs, targets, lambda x, rows: _copies(taught))])
             shares = stage_shares(specs)
             weights = solve_weights(weights, shares, norms, loss_labels(recipe, specs), recipe.source)
             balanced = LossWeights(term_keys(specs), weights, shares, 1)
-        t_out, t_feats = runner(inputs)
-        saved = [0]
-
-        def pack(tensor):
-            saved[0] += tensor.numel() * tensor.element_size()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            _, values = objective(inputs, targets, t_out, t_feats)
-            total = sum(w * v for w, v in zip(weights, values))
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                _, values = objective(inputs, targets, t_out, t_feats)
+                total = sum(w * v for w, v in zip(weights, values))
+        else:
+            with measuring, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                objective, values = set_up_and_run(student, terms, inputs, targets, t_out, t_feats)
+                total = sum(w * v for w, v in zip(weights, values))
         total.backward()
     finally:
-        runner.close()
         if objective is not None:
             objective.close()
     losses = {key: float(v.detach()) for key, v in zip(term_keys(specs), values)}

@@ -58,6 +58,18 @@ class RunContext:
         return eval_loader(self.provider, data, train)
 
 
+def steps_per_epoch(rows: int, train: TrainSpec) -> int:
+    """Optimizer steps in an epoch of ``rows`` train rows: the batches of ``train_loader`` (which
+    drops a last partial batch when there is more than one), at most ``train.max_steps_per_epoch``."""
+    batches = rows // train.batch_size if rows > train.batch_size else min(rows, 1)
+    return min(batches, train.max_steps_per_epoch or batches)
+
+
+def step_sizes(rows: int, train: TrainSpec) -> list[int]:
+    """Rows of each step of an epoch, in order."""
+    return [min(train.batch_size, rows - s * train.batch_size) for s in range(steps_per_epoch(rows, train))]
+
+
 def eval_loader(provider: DatasetProvider, data: Any, train: TrainSpec) -> DataLoader:
     """A val or test split in order, once, batched by ``train.eval_batch_size``."""
     return DataLoader(data, batch_size=train.eval_batch_size or train.batch_size, shuffle=False,

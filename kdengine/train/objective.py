@@ -108,7 +108,25 @@ def set_up_objective(student: nn.Module, terms: list[LossTerm], inputs: torch.Te
         objective.to(device)
     with torch.no_grad():
         teacher_out, teacher_features = teach(inputs)
-        probe = objective.context(inputs, targets, teacher_out, teacher_features)
+        _set_up_terms(terms, objective.context(inputs, targets, teacher_out, teacher_features))
+    return objective.to(device) if device is not None else objective
+
+
+def set_up_and_run(student: nn.Module, terms: list[LossTerm], inputs: torch.Tensor, targets: Any,
+                   teacher_out: Any, teacher_features: dict[str, torch.Tensor]
+                   ) -> tuple[StudentObjective, list[torch.Tensor]]:
+    """The objective of a pair set up on one batch, and its loss values on that batch, from one
+    student forward pass (recorded for a backward): where :func:`set_up_objective` and a training
+    step make two passes, a caller that needs both exactly once (the dry run) makes one."""
+    student_paths, _ = tap_paths(terms)
+    objective = StudentObjective(student, terms, student_paths)
+    probe = objective.context(inputs, targets, teacher_out, teacher_features)
+    _set_up_terms(terms, probe)
+    return objective, [term(probe) for term in terms]
+
+
+def _set_up_terms(terms: list[LossTerm], probe: LossContext) -> None:
+    # Setting up only reads shapes and makes adapters: nothing of it belongs to a backward pass.
+    with torch.no_grad():
         for term in terms:
             term.setup(probe)
-    return objective.to(device) if device is not None else objective

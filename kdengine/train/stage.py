@@ -29,8 +29,9 @@ from kdengine.teacher.precision import InferenceSetting
 from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.balance import balance_stage, first_batches
-from kdengine.train.context import RunContext
+from kdengine.train.context import RunContext, steps_per_epoch
 from kdengine.train.checkpointing import apply_activation_checkpointing
+from kdengine.train.compiling import compile_in_place
 from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
@@ -112,7 +113,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     train_loader, monitor_loader = ctx.train_loader(train), ctx.eval_loader(ctx.monitor_set, train)
     if len(train_loader) == 0:
         raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
-    steps = min(len(train_loader), train.max_steps_per_epoch or len(train_loader))
+    steps = steps_per_epoch(len(ctx.train_set), train)
     augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
 
     inputs, targets = to_device(next(iter(train_loader)), ctx.device)
@@ -134,6 +135,8 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                              recorded=resume.result.loss_weights if resume is not None else None)
     if balanced is not None:
         weights = balanced.weights
+    if train.compile:  # after the set-up passes above, which run once and need no compiled graph
+        compile_in_place(model, ctx.recipe.source, f"{plan.name}'s {describe(plan.spec)}")
 
     optimizer = build_optimizer(objective.parameters(), train.optimizer)
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
@@ -180,15 +183,18 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                 scaler_skipped += done.scaler_skipped  # fp16 overflow: no update, a lower scale, go on
                 sums += torch.stack([done.total] + done.values)
                 seen += 1
-                bar.advance(float(done.total))
-            means = (sums / max(seen, 1)).tolist()
-            metrics = {}
+                bar.advance(done.total)  # read off the device only now and then (reporting.progress)
+            means = (sums / max(seen, 1)).tolist()  # the epoch's one read of the losses (waits for the device)
+            train_seconds = time.perf_counter() - epoch_start
+            metrics, eval_seconds = {}, 0.0
             if epoch % train.eval_every == 0 or epoch == train.epochs:
                 metrics = ctx.scorer(student, monitor_loader, train.channels_last)
+                eval_seconds = time.perf_counter() - epoch_start - train_seconds
                 schedule.end_epoch(metrics[monitor])
-                bar.end_epoch(epoch, monitor, metrics[monitor])
+            bar.end_epoch(epoch, monitor, metrics.get(monitor))
             record = EpochRecord(epoch=epoch, losses=dict(zip(["total"] + term_names, means)), metrics=metrics,
-                                 lr=schedule.lr, seconds=time.perf_counter() - epoch_start, skipped_batches=skipped,
+                                 lr=schedule.lr, seconds=time.perf_counter() - epoch_start,
+                                 train_seconds=train_seconds, eval_seconds=eval_seconds, skipped_batches=skipped,
                                  scaler_skipped=scaler_skipped)
             keeper.keep(record, objective, optimizer, schedule)
     accelerator.wait_for_everyone()
