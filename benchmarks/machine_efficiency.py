@@ -2,8 +2,8 @@
 matmul peaks, and where the rest of the time goes.
 
 The student is the one ``recipes/classification.toml`` trains (MobileNetV2 0.5x, CIFAR stem, 32 px),
-built through the recipe's own factory; the step is the engine's (forward, loss, backward, AdamW
-step). FLOPs come from ``torch.utils.flop_counter`` (forward + backward of one step), the peaks
+built through the recipe's own factory; the step is a plain one (forward, cross-entropy,
+backward, AdamW step): the kernels the engine's step runs, without its bookkeeping. FLOPs come from ``torch.utils.flop_counter`` (forward + backward of one step), the peaks
 from large square matmuls in fp32 and bf16 at the same thread count. Each variant (fp32 / bf16
 autocast, contiguous / channels_last, eager / ``torch.compile``) is timed side by side in one run,
 median of ``--steps`` steps after warm-up; the fastest is profiled with ``torch.profiler`` and its
