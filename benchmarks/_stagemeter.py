@@ -139,3 +139,16 @@ def busy_processes(shown: int = 5) -> list[str]:
         lines = []
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return [f"load average {load}"] + [" ".join(line.split()) for line in lines]
+
+
+def write_report(path: Path, rows: list[dict], table: str, running_before: list[str]) -> None:
+    """Print the table with the machine, and write it with its rows, the git revision, the command
+    and what else was running before and after the measurement as the JSON record at ``path``."""
+    import sys
+
+    print(f"machine: {machine()}\n\n{table}")
+    report = {"revision": git_revision(), "command": " ".join([Path(sys.executable).name] + sys.argv),
+              "machine": machine(), "running_before": running_before, "running_after": busy_processes(),
+              "rows": rows, "table": table}
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten: {path}")

@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _stagemeter import busy_processes, git_revision, machine, watch_stage  # noqa: E402
+from _stagemeter import busy_processes, watch_stage, write_report  # noqa: E402
 
 STUDENTS = {
     "mobilenet_v2": ({"name": "torchvision", "params": {"model": "mobilenet_v2", "cifar_stem": True}},
@@ -124,13 +124,7 @@ def main() -> None:
         lines.append(f"| {row['student']} | {row['checkpointing']} | {row['saved_mib']:.0f} | {row['peak_mib']:.0f} | "
                      f"{row['peak_mib'] / off['peak_mib']:.2f}x | {row['step_seconds']:.2f} | "
                      f"{row['step_seconds'] / off['step_seconds']:.2f}x |")
-    table = "\n".join(lines)
-    print(f"machine: {machine()}\n\n{table}")
-    report = {"revision": git_revision(), "command": " ".join([Path(sys.executable).name] + sys.argv),
-              "machine": machine(), "running_before": before, "running_after": busy_processes(),
-              "rows": rows, "table": table}
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten: {args.json}")
+    write_report(args.json, rows, "\n".join(lines), before)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _stagemeter import busy_processes, git_revision, machine, watch_stage  # noqa: E402
+from _stagemeter import busy_processes, watch_stage, write_report  # noqa: E402
 
 
 def recipe(compiled: bool, batch: int, steps: int) -> dict:
@@ -109,13 +109,7 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {row['compile']} | {row['first_step_seconds']:.1f} | {row['first_eval_seconds']:.1f} | "
                      f"{row['step_seconds']:.3f} | {off['step_seconds'] / row['step_seconds']:.2f}x |")
-    table = "\n".join(lines)
-    print(f"machine: {machine()}\n\n{table}")
-    report = {"revision": git_revision(), "command": " ".join([Path(sys.executable).name] + sys.argv),
-              "machine": machine(), "running_before": before, "running_after": busy_processes(),
-              "rows": rows, "table": table}
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten: {args.json}")
+    write_report(args.json, rows, "\n".join(lines), before)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ import argparse
 import contextlib
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdengine import load_recipe
 from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import DataInfo
+from kdengine.tools.measure import measure_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,14 +39,7 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> floa
     """FLOP/s of a large square matmul: the practical peak of this CPU for ``dtype``."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times)
+    return 2 * size ** 3 / (measure_ms(lambda: a @ b, repeats, warmup=2) / 1000)
 
 
 def build_student(recipe_path: Path) -> tuple[torch.nn.Module, int]:
@@ -83,17 +75,6 @@ def step_flops(model: torch.nn.Module, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def time_step(step, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def top_operators(step, rows: int = 12) -> list[dict]:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(5):
@@ -124,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     for bf16, cl, compiled in variants:
         name = f"{'bf16' if bf16 else 'fp32'} {'channels_last' if cl else 'contiguous'}{' compiled' if compiled else ''}"
         try:
-            seconds = time_step(make_step(build_student(args.recipe)[0], bf16, cl, compiled, batch),
-                                args.warmup, args.steps)
+            step = make_step(build_student(args.recipe)[0], bf16, cl, compiled, batch)
+            seconds = measure_ms(step, args.steps, warmup=args.warmup) / 1000
         except Exception as error:  # a platform that cannot compile: report, keep the other rows
             rows.append({"variant": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"})
             continue

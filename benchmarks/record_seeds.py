@@ -21,20 +21,13 @@ import argparse
 import json
 import platform
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=True, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stagemeter import git_revision  # noqa: E402
 
 
 def read_time_file(path: Path) -> dict:
