@@ -24,7 +24,8 @@ from kdengine.reporting.summary import SeedSummary, summarise
 from kdengine.teacher.cache import TeacherCache
 from kdengine.teacher.cached import default_cache_root, open_teacher_cache
 from kdengine.teacher.given import given_teacher
-from kdengine.teacher.reuse import shared_teacher, shares_teacher, teacher_from_run, teacher_note, with_teacher_checkpoint
+from kdengine.teacher.reuse import (scored_teacher, shared_teacher, shares_teacher, teacher_from_run, teacher_note,
+                                    with_teacher_checkpoint)
 from kdengine.teacher.sources import CachedTeacher
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.context import RunContext, open_dataset, split_of
@@ -72,13 +73,16 @@ def run_seeds(recipe: Recipe, seeds: list[int], *, progress: bool = True,
         suffix += 1
         root = parent / f"{recipe.run.name}-{stamp}-seeds-{suffix}"
     results: list[Results] = []
-    later, teacher = recipe, None  # with a shared teacher, the later seeds load the first seed's
+    # with a shared teacher, the later seeds load the first seed's; a checkpoint teacher is scored once
+    later, teacher = recipe, None
     for seed in seeds:
         results.append(run_one(later, seed, progress=progress, output_dir=root, folder_name=f"seed-{seed}",
                                shared_teacher=teacher))
         if teacher is None and shares_teacher(recipe):
             weights, teacher = shared_teacher(results[0])
             later = with_teacher_checkpoint(recipe, weights)
+        elif teacher is None and recipe.teacher.checkpoint is not None:
+            teacher = scored_teacher(results[0])
     summary = summarise(results, str(root), seeds)
     summary.teacher_note = teacher_note(recipe, seeds)
     atomic_write_text(root / "summary.json", summary.model_dump_json(indent=2))

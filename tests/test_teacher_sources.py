@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,6 +297,24 @@ def test_bad_teacher_from_exits_2_with_one_line(case, finished_run, tmp_path, ca
     line = _error_line(capsys)
     assert line.startswith("error: ") and expected in line
     assert trainings == []
+
+
+def test_seeds_score_a_checkpoint_teacher_once(finished_run, tmp_path, trainings, monkeypatch):
+    """Its weights and the splits do not change with the seed: the later seeds take its scores."""
+    base, first = finished_run
+    recipe = copy.deepcopy(base)
+    recipe["teacher"]["checkpoint"] = str(first_dir(first) / "checkpoints" / "teacher" / "best.safetensors")
+    scored, evaluate = [], run_module.evaluate_given_teacher
+    monkeypatch.setattr(run_module, "evaluate_given_teacher", lambda *a, **k: scored.append(1) or evaluate(*a, **k))
+    summary = kdengine.run(recipe, seeds=[0, 1], output_dir=tmp_path, progress=False)
+    assert len(scored) == 1 and trainings == ["distilled", "distilled"]
+    root = tmp_path / Path(summary.run_dir).name
+    runs = [Results.load(root / f"seed-{s}" / "results.json") for s in (0, 1)]
+    once, later = runs[0].stage("teacher"), runs[1].stage("teacher")
+    assert once.shared_from_seed is None and later.shared_from_seed == 0 and later.origin == "checkpoint"
+    assert later.test_best == once.test_best == first.stage("teacher").test_best
+    assert summary.teacher_note.endswith("shared by seeds 0, 1, scored once, with seed 0.")
+    assert "loaded, shared from seed 0" in kdengine.table(runs[1])
 
 
 def first_dir(results: Results):

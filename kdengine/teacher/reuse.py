@@ -147,11 +147,20 @@ def shared_teacher(first: Results) -> tuple[Path, StageResult]:
     return weights, record
 
 
+def scored_teacher(first: Results) -> StageResult:
+    """A checkpoint teacher's record as the later seeds of a multi-seed run report it. Its weights
+    are one file and the splits are data parameters, not the run's seed, so its scores are the
+    same in every seed's run: the first seed scores it (on a full benchmark test split that is the
+    largest evaluation of the run) and the others take that record, marked as shared."""
+    return first.stage("teacher").model_copy(update={"shared_from_seed": first.seed})
+
+
 def teacher_note(recipe: Recipe, seeds: list[int]) -> str:
     """One sentence under a multi-seed table: where each seed's teacher came from."""
     listed = ", ".join(map(str, seeds))
     if recipe.teacher.checkpoint is not None:
-        return f"One teacher, loaded from {recipe.teacher.checkpoint}, shared by seeds {listed}."
+        scored = f", scored once, with seed {seeds[0]}" if len(seeds) > 1 else ""
+        return f"One teacher, loaded from {recipe.teacher.checkpoint}, shared by seeds {listed}{scored}."
     if recipe.teacher.train is False:
         return "The teacher is used as its factory delivers it (not trained), built with each run's seed."
     if not shares_teacher(recipe):
