@@ -118,7 +118,21 @@ class StepClock:
             "intervals": [round(d, 4) for d in measured],
             "cpu_intervals": [round(d, 4) for d in cpu],
             "threads": self.threads,
+            "vm_hwm_mib": own_peak_rss_mib(),
         }
+
+
+def own_peak_rss_mib() -> float | None:
+    """This process's peak resident set since its exec (``VmHWM``). Not ``ru_maxrss``: Linux
+    carries the forking parent's high-water mark into it across exec, so every worker of a large
+    parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 class EpochOrder:
@@ -153,6 +167,25 @@ def autocast(plan: dict):
     return contextlib.nullcontext()
 
 
+def build_model(params: dict, weights: Path):
+    """A model of kdengine's ``torchvision`` factory (CIFAR stem) with the weights of a file.
+
+    The factory is imported from the source tree, not through the plugin catalog, so that
+    torchdistill's environment (which sees the project's packages but not its editable install)
+    builds exactly the same architecture; the weights are read as tensors only, never unpickled."""
+    for path in (ROOT / "plugins", ROOT):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    from kdengine import DataInfo
+    from kdengine.io.weights import load_weights
+    from kdengine_classification.models import TorchvisionModel
+
+    info = DataInfo(task="classification", in_channels=1, num_classes=10)
+    model = TorchvisionModel(params).build(info)
+    load_weights(model, weights)
+    return model
+
+
 def load_common(plan: dict):
     import torch
 
@@ -160,8 +193,8 @@ def load_common(plan: dict):
     torch.manual_seed(plan["seed"])
     work = Path(plan["work"])
     data = torch.load(work / "train.pt", weights_only=True)
-    teacher = torch.load(work / "teacher.pt", weights_only=False)
-    student = torch.load(work / "student.pt", weights_only=False)
+    teacher = build_model(plan["teacher_params"], work / "teacher.safetensors")
+    student = build_model(plan["student_params"], work / "student.safetensors")
     return data, teacher, student
 
 
@@ -344,12 +377,11 @@ def prepare(plan: dict) -> dict:
         m.momentum = 0.1
     teacher.eval()
     save_weights(teacher, work / "teacher.safetensors")
-    torch.save(teacher, work / "teacher.pt")
 
     # kdengine builds the student right after set_seed(run seed): the same initial weights
     set_seed(plan["seed"])
     student = catalog.get("student", "torchvision")(plan["student_params"]).build(info)
-    torch.save(student, work / "student.pt")
+    save_weights(student, work / "student.safetensors")
     return {
         "student_fingerprint": fingerprint(p for p in student.parameters() if p.requires_grad),
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
@@ -418,13 +450,13 @@ def machine() -> dict:
 
 
 def run_worker(name: str, python: Path, plan_file: Path, result_file: Path, log_file: Path,
-               threads: int) -> dict | None:
-    """One contender in a fresh subprocess: its result plus its peak resident set (None when it
-    failed; the end of its log is printed)."""
+               threads: int, script: Path = Path(__file__)) -> dict | None:
+    """One contender in a fresh subprocess (``script --worker name``): its result plus its peak
+    resident set and wall time (None when it failed; the end of its log is printed)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                HF_HUB_OFFLINE="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
-    command = [str(python), str(Path(__file__).resolve()), "--worker", name, "--plan", str(plan_file),
+    command = [str(python), str(Path(script).resolve()), "--worker", name, "--plan", str(plan_file),
                "--result", str(result_file)]
     started = time.perf_counter()
     with open(log_file, "w") as log:
@@ -436,7 +468,7 @@ def run_worker(name: str, python: Path, plan_file: Path, result_file: Path, log_
         print(f"  {name} failed (exit {process.returncode}); the end of {log_file}:\n{tail}", flush=True)
         return None
     result = json.loads(result_file.read_text())
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # kilobytes on Linux
+    result["peak_rss_mib"] = result.get("vm_hwm_mib") or usage.ru_maxrss / 1024  # kilobytes on Linux
     result["wall_seconds"] = time.perf_counter() - started
     return result
 

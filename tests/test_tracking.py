@@ -35,7 +35,7 @@ def expected_tags() -> set[str]:
     for stage, losses in STAGE_LOSSES.items():
         tags |= {f"{stage}/loss/{name}" for name in losses}
         tags |= {f"{stage}/metric/top1", f"{stage}/metric/top5", f"{stage}/lr", f"{stage}/epoch_seconds",
-                 f"{stage}/skipped_batches", f"{stage}/scaler_skipped"}
+                 f"{stage}/train_seconds", f"{stage}/eval_seconds", f"{stage}/skipped_batches", f"{stage}/scaler_skipped"}
     return tags
 
 

@@ -96,12 +96,15 @@ def metric_key(key: str) -> str:
 
 def epoch_values(stage: str, record: "EpochRecord") -> dict[str, float]:
     """One epoch's scalars, named ``<stage>/loss/<term>``, ``<stage>/metric/<name>``, ``<stage>/lr``,
-    ``<stage>/epoch_seconds``, ``<stage>/skipped_batches`` and ``<stage>/scaler_skipped``."""
+    ``<stage>/epoch_seconds`` (split into ``train_seconds`` and ``eval_seconds``: the epoch's
+    optimisation and its evaluation), ``<stage>/skipped_batches`` and ``<stage>/scaler_skipped``."""
     values = {f"{stage}/loss/{name}": value for name, value in record.losses.items()}
     values.update({f"{stage}/metric/{name}": value for name, value in record.metrics.items()})
     if record.lr is not None:
         values[f"{stage}/lr"] = record.lr
     values[f"{stage}/epoch_seconds"] = record.seconds
+    values[f"{stage}/train_seconds"] = record.train_seconds
+    values[f"{stage}/eval_seconds"] = record.eval_seconds
     values[f"{stage}/skipped_batches"] = record.skipped_batches
     values[f"{stage}/scaler_skipped"] = record.scaler_skipped
     return {metric_key(k): float(v) for k, v in values.items()}
