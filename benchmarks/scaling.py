@@ -14,7 +14,6 @@ data (it is set by the batch, the models and the optimizer state).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile

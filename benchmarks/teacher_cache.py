@@ -128,7 +128,7 @@ def main() -> None:
 
     rows = [("student alone", cached["scratch"]), ("teacher inline", inline["distilled"]),
             ("teacher cache", cached["distilled"])]
-    alone_t, alone_m = epoch_time(rows[0][1]), rows[0][1]["peak_bytes"]
+    alone_m = rows[0][1]["peak_bytes"]
     inline_t = epoch_time(rows[1][1])
     size = sum(f.stat().st_size for f in Path(cache_dir).rglob("*.npy"))
     print(f"machine: {machine()}")

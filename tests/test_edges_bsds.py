@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from kdengine import DataError
 from kdengine_edges import bsds
-from kdengine_edges.bsds import BSDS500, training_target
+from kdengine_edges.bsds import BSDS500
 from kdengine_edges.readers import read_bsds_boundaries
 from kdengine_edges.metrics import BoundaryF, DiceScore
 from kdengine_edges.transforms import collate_edges

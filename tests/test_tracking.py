@@ -15,7 +15,6 @@ import kdengine
 from conftest import TINY_RECIPE
 from kdengine import KDEngineError, load_recipe
 from kdengine.errors import RecipeError
-from kdengine.reporting.results import Results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
