@@ -6,8 +6,8 @@
 The job, the same for both tools:
 
 - a ResNet teacher with the CIFAR stem (``--teacher``, ResNet-50 by default), trained once by
-  kdengine on scikit-learn's digits at 32x32 (``--teacher-epochs``, chosen on val) and written to a
-  safetensors file that both tools read;
+  kdengine on scikit-learn's digits at 32x32 (``--teacher-epochs``, bf16, channels_last, cosine,
+  chosen on val; not part of the timing) and written to a safetensors file that both tools read;
 - MobileNetV2 students (CIFAR stem) of the widths ``--widths``; the first width is "one student",
   all of them are "three students of one teacher";
 - random crop (zero padding 4) and horizontal flip, a new draw every epoch;
@@ -187,7 +187,7 @@ def kdengine_recipe(plan: dict, *, teacher_epochs: int | None = None) -> dict:
     if teacher_epochs is not None:  # train the teacher (chosen on val); a one-epoch student is the run's rest
         recipe["teacher"] = {"name": "torchvision", "params": plan["teacher_params"],
                              "train": {"epochs": teacher_epochs, "eval_every": 1, "channels_last": True,
-                                       "scheduler": {"name": "cosine"}}}
+                                       "mixed_precision": "bf16", "scheduler": {"name": "cosine"}}}
         recipe["student"] = {"name": "torchvision", "params": student_params(0.35)}
         recipe["train"] = {**recipe["train"], "epochs": 1, "eval_every": 1}
     return recipe
