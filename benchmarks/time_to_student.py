@@ -47,10 +47,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_torchdistill import (ROOT, EpochOrder, StepClock, build_model, kdengine_version,  # noqa: E402
-                             load_average, machine, run_worker, torchdistill_python)
+from vs_torchdistill import (EpochOrder, StepClock, add_torchdistill_and_worker_arguments,  # noqa: E402
+                             build_model, kdengine_version, load_average, machine, run_as_worker, run_worker,
+                             torchdistill_kd_config, torchdistill_python)
 
-TOOLS = ("torchdistill", "kdengine")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,23 +114,7 @@ def worker_torchdistill(plan: dict) -> dict:
     teacher = build_model(plan["teacher_params"], work / "teacher.safetensors").eval()
     set_seed(plan["seed"])  # kdengine builds its student right after seeding too
     student = build_model(plan["student_params"], work / "student-init.safetensors")
-    kd_loss = {"key": "KDLoss", "kwargs": {
-        "student_module_path": ".", "student_module_io": "output", "teacher_module_path": ".",
-        "teacher_module_io": "output", "temperature": plan["temperature"], "alpha": plan["ce_weight"],
-        "beta": plan["kd_weight"], "reduction": "batchmean"}}
-    train_config = {
-        "num_epochs": plan["epochs"],
-        "train_data_loader": {"dataset_id": "train",
-                              "sampler": {"class_or_func": EpochOrder, "kwargs": {"seed": plan["seed"]}},
-                              "kwargs": {"batch_size": plan["batch_size"], "num_workers": 0, "drop_last": True}},
-        "teacher": {"forward_proc": "forward_batch_only", "sequential": [], "requires_grad": False,
-                    "frozen_modules": []},
-        "student": {"forward_proc": "forward_batch_only", "adaptations": None, "sequential": [],
-                    "requires_grad": True, "frozen_modules": []},
-        "optimizer": {"key": "SGD", "kwargs": {"lr": plan["lr"], "momentum": plan["momentum"],
-                                               "weight_decay": plan["weight_decay"]}},
-        "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": kd_loss, "weight": 1.0}}}},
-    }
+    train_config = torchdistill_kd_config(plan)
     accelerator = None
     if plan["precision"] == "bf16":
         accelerator = Accelerator(cpu=True, mixed_precision="bf16")
@@ -291,19 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every process")
     parser.add_argument("--td-precision", default="fp32,bf16",
                         help="torchdistill precisions to time on the first student (the faster is kept)")
-    parser.add_argument("--cache", type=Path, default=ROOT / ".bench-venvs",
-                        help="where torchdistill's virtual environment lives (created if missing)")
-    parser.add_argument("--torchdistill", default="torchdistill", help="pip requirement for torchdistill")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
-    parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
-    parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    add_torchdistill_and_worker_arguments(parser, WORKERS)
     args = parser.parse_args(argv)
-
-    if args.worker:
-        plan = json.loads(args.plan.read_text())
-        args.result.write_text(json.dumps(WORKERS[args.worker](plan)))
+    if run_as_worker(args, WORKERS):
         return
 
     widths = [float(w) for w in args.widths.split(",") if w.strip()]

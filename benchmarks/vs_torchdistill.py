@@ -237,17 +237,9 @@ def worker_minimal(plan: dict) -> dict:
     return {**clock.summary(plan), "epoch_losses": epoch_losses, "version": torch.__version__}
 
 
-def worker_torchdistill(plan: dict) -> dict:
-    import torch
-    import torchdistill
-    from torch.utils.data import TensorDataset
-    from torchdistill.core.distillation import get_distillation_box
-
-    clock = StepClock()
-    data, teacher, student = load_common(plan)
-    # torchdistill leaves the teacher's mode to the caller (its example script never sets it, so
-    # its batch-norm layers run in training mode); identical work means a teacher in eval mode.
-    teacher.eval()
+def torchdistill_kd_config(plan: dict) -> dict:
+    """torchdistill's training configuration for the plan's Hinton KD, shaped like its sample
+    configurations (``WeightedSumLoss`` of ``KDLoss``, ``SGD``), over the shared epoch order."""
     kd_loss = {
         "key": "KDLoss",
         "kwargs": {"student_module_path": ".", "student_module_io": "output",
@@ -256,7 +248,7 @@ def worker_torchdistill(plan: dict) -> dict:
                    "temperature": plan["temperature"], "alpha": plan["ce_weight"], "beta": plan["kd_weight"],
                    "reduction": "batchmean"},
     }
-    train_config = {
+    return {
         "num_epochs": plan["epochs"],
         "train_data_loader": {
             "dataset_id": "train",
@@ -271,6 +263,39 @@ def worker_torchdistill(plan: dict) -> dict:
                                                "weight_decay": plan["weight_decay"]}},
         "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": kd_loss, "weight": 1.0}}}},
     }
+
+
+def add_torchdistill_and_worker_arguments(parser, workers) -> None:
+    """torchdistill's environment, and the hidden arguments of a worker subprocess."""
+    parser.add_argument("--cache", type=Path, default=ROOT / ".bench-venvs",
+                        help="where torchdistill's virtual environment lives (created if missing)")
+    parser.add_argument("--torchdistill", default="torchdistill", help="pip requirement for torchdistill")
+    parser.add_argument("--worker", choices=list(workers), help=argparse.SUPPRESS)
+    parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+
+
+def run_as_worker(args, workers) -> bool:
+    """In a worker subprocess: run its worker on the plan, write the result, return True."""
+    if not args.worker:
+        return False
+    plan = json.loads(args.plan.read_text())
+    args.result.write_text(json.dumps(workers[args.worker](plan)))
+    return True
+
+
+def worker_torchdistill(plan: dict) -> dict:
+    import torch
+    import torchdistill
+    from torch.utils.data import TensorDataset
+    from torchdistill.core.distillation import get_distillation_box
+
+    clock = StepClock()
+    data, teacher, student = load_common(plan)
+    # torchdistill leaves the teacher's mode to the caller (its example script never sets it, so
+    # its batch-norm layers run in training mode); identical work means a teacher in eval mode.
+    teacher.eval()
+    train_config = torchdistill_kd_config(plan)
     box = get_distillation_box(teacher, student, {"train": TensorDataset(data["images"], data["labels"])},
                                train_config, torch.device("cpu"), None, False, 1)
     epoch_losses = []
@@ -518,21 +543,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher", default="resnet18", help="torchvision ResNet (CIFAR stem)")
     parser.add_argument("--student-width", type=float, default=1.0, help="MobileNetV2 width multiplier")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--cache", type=Path, default=ROOT / ".bench-venvs",
-                        help="where torchdistill's virtual environment lives (created if missing)")
-    parser.add_argument("--torchdistill", default="torchdistill", help="pip requirement for torchdistill")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="data, weights, logs and run folders (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
-    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
-    parser.add_argument("--plan", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    add_torchdistill_and_worker_arguments(parser, WORKERS)
     args = parser.parse_args(argv)
-
-    if args.worker:
-        plan = json.loads(args.plan.read_text())
-        result = WORKERS[args.worker](plan)
-        args.result.write_text(json.dumps(result))
+    if run_as_worker(args, WORKERS):
         return
 
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
