@@ -243,3 +243,22 @@ def test_provider_predict_handles_lists_of_images():
     model = torch.nn.Upsample(scale_factor=4, mode="nearest")
     outs = provider.predict(model, [torch.rand(3, 20, 30), torch.rand(3, 10, 12)])
     assert [tuple(o.shape) for o in outs] == [(3, 80, 120), (3, 40, 48)]
+
+
+def test_sr_folder_extra_train_roots_join_train_only(tmp_path):
+    rng = np.random.default_rng(3)
+    _hr_folder(tmp_path / "bsds", 6, rng)
+    for i in range(3):
+        _write(tmp_path / "mcmaster" / f"{i}.tif", _photo(rng, 40, 40))
+    params = {"root": str(tmp_path / "bsds"), "test_holdout": 1, "val_fraction": 0.2, "patch": 32,
+              "patches_per_image": 1}
+    alone = SRFolder(params)
+    both = SRFolder({**params, "extra_train_roots": [str(tmp_path / "mcmaster")]})
+    assert both._split["val"] == alone._split["val"] and both._split["test"] == alone._split["test"]
+    assert len(both.train_set()) == len(alone.train_set()) + 3
+    assert {p.parent.name for p in both._split["train"]} == {"bsds", "mcmaster"}
+    assert both.fingerprint() != alone.fingerprint()
+    with pytest.raises(DataError, match="nowhere: HR image folder not found"):
+        SRFolder({**params, "extra_train_roots": [str(tmp_path / "nowhere")]}).check()
+    with pytest.raises(ValidationError, match="different folders"):
+        SRFolder({**params, "extra_train_roots": [str(tmp_path / "bsds")]})

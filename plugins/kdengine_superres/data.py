@@ -280,12 +280,24 @@ class HeldOutParams(SRParams):
     #: Use at most this many of root's non-test images (sorted by name) for train and val.
     max_images: int | None = Field(default=None, ge=1)
 
+    def folders(self) -> list[Path]:
+        return [p for p in (self.root, self.val_root, self.test_root) if p is not None]
+
     @model_validator(mode="after")
     def _distinct_roots(self):
-        given = [p.resolve() for p in (self.root, self.val_root, self.test_root) if p is not None]
+        given = [p.resolve() for p in self.folders()]
         if len(set(given)) != len(given):
-            raise ValueError("root, val_root and test_root must be different folders")
+            raise ValueError("root, val_root, test_root and extra_train_roots must be different folders")
         return self
+
+
+class FolderParams(HeldOutParams):
+    #: More HR folders whose images all join the train split (never val or test), e.g. BSDS500
+    #: train + McMaster; the splits are still drawn from root alone.
+    extra_train_roots: list[Path] = []
+
+    def folders(self) -> list[Path]:
+        return super().folders() + list(self.extra_train_roots)
 
 
 def held_out(items: list, params: HeldOutParams, where: Path) -> dict[str, list]:
@@ -314,14 +326,15 @@ class SRFolder(SRProvider):
     own or held out of it."""
 
     #: val_root and test_root may be Set5-style paired trees (HR/ + LR_bicubic/X<s>/) or HR folders.
-    Params = HeldOutParams
+    Params = FolderParams
 
     def check(self) -> None:
         p = self.params
-        if not p.root.is_dir():
-            raise DataError(f"{p.root}: HR image folder not found")
-        if not list_images(p.root):
-            raise DataError(f"{p.root}: no images (.png/.jpg/...) found")
+        for folder in (p.root, *p.extra_train_roots):
+            if not folder.is_dir():
+                raise DataError(f"{folder}: HR image folder not found")
+            if not list_images(folder):
+                raise DataError(f"{folder}: no images (.png/.jpg/...) found")
         for folder in (p.val_root, p.test_root):
             if folder is not None:
                 if is_paired_tree(folder):
@@ -335,6 +348,8 @@ class SRFolder(SRProvider):
         self.check()
         p = self.params
         split = held_out(list_images(p.root), p, p.root)
+        for folder in p.extra_train_roots:
+            split["train"] += list_images(folder)
         for name, folder in (("val", p.val_root), ("test", p.test_root)):
             if folder is not None and not is_paired_tree(folder):
                 split[name] = list_images(folder)
