@@ -14,7 +14,8 @@ from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import DataInfo
 from kdengine.teacher import precision as inference
 from kdengine.tools.measure import count_flops
-from kdengine.tools.validate import TIMING_ROWS, ForwardMeter, dry_run
+from kdengine.tools import validate
+from kdengine.tools.validate import CHECK_ROWS, TIMING_ROWS, ForwardMeter, dry_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,11 +36,14 @@ def count_model_forwards(monkeypatch) -> list[int]:
 def test_the_teacher_and_the_student_each_run_once_on_the_batch(tiny_recipe, monkeypatch):
     calls = count_model_forwards(monkeypatch)
     report = dry_run(tiny_recipe)
-    assert calls == [32, 32]  # the teacher's pass, then the student's (set-up, loss and backward)
+    # the teacher's pass, then the student's (set-up, loss and backward), on the first rows only
+    assert calls == [CHECK_ROWS, CHECK_ROWS]
+    assert report.batch_shape[0] == 32 and report.checked_rows == CHECK_ROWS
     assert report.loss_values["total"] == report.loss_values["total"]  # finite, not NaN
+    assert f"models and losses run on {CHECK_ROWS} of its 32 rows" in "\n".join(report.lines())
 
 
-def test_flops_are_those_of_a_pass_of_their_own(tiny_recipe):
+def test_flops_are_those_of_a_whole_batch_pass_of_their_own(tiny_recipe):
     tiny_recipe["student"]["params"]["width_mult"] = 0.5  # two architectures: two rows
     report = dry_run(tiny_recipe)
     info = DataInfo("classification", 1, 10)
@@ -89,7 +93,7 @@ def test_auto_precision_times_the_candidates_on_a_few_rows(tiny_recipe, monkeypa
     report = dry_run(tiny_recipe)
     assert report.timing_rows == TIMING_ROWS
     # One pass on the batch for the loss check; then warm-up and 2 timed runs per candidate.
-    assert rows == [32] + [TIMING_ROWS] * 3 * len(report.teacher_inference)
+    assert rows == [CHECK_ROWS] + [TIMING_ROWS] * 3 * len(report.teacher_inference)
     text = "\n".join(report.lines())
     assert f"timed on {TIMING_ROWS} images" in text and "<- fastest, used" in text
 
@@ -123,3 +127,13 @@ def test_cache_estimates_share_one_cache_between_stages_taught_alike(tiny_recipe
 def test_two_dry_runs_of_a_recipe_report_the_same_losses(tiny_recipe):
     first = dry_run(copy.deepcopy(tiny_recipe)).loss_values
     assert dry_run(tiny_recipe).loss_values == first  # the teacher too is built under the run's seed
+
+
+def test_a_check_on_a_few_rows_reports_what_the_whole_batch_would(tiny_recipe, monkeypatch):
+    few = dry_run(copy.deepcopy(tiny_recipe))
+    monkeypatch.setattr(validate, "CHECK_ROWS", 32)
+    whole = dry_run(tiny_recipe)
+    assert (few.checked_rows, whole.checked_rows) == (CHECK_ROWS, 32) and few.batch_shape == whole.batch_shape
+    assert [m.forward_flops for m in few.models] == [m.forward_flops for m in whole.models]
+    # weights, gradients and optimizer state are the same; saved activations grow with the rows
+    assert few.peak_memory_bytes == pytest.approx(whole.peak_memory_bytes, rel=0.02)

@@ -5,15 +5,20 @@ the teacher, the student and every loss term (so feature taps and adapter shapes
 and measures parameters, FLOPs (torch.utils.flop_counter), the batch's memory and, with
 ``teacher.cache = true``, the size the teacher-output cache will take on disk.
 
-A large teacher on a CPU takes seconds per batch, so no pass is made twice: each teaching model
-runs once on the batch (its outputs serve every pair it teaches), each student once per pair (the
-pass that sets up its loss terms is the one the backward goes through), and FLOPs and times are
-taken on those passes, once per distinct model, not on passes of their own.
+A large teacher on a CPU takes seconds per batch, so on a CPU the models and losses run on the
+first ``CHECK_ROWS`` rows of the (augmented) batch, not all of it: every shape, tap and adapter
+is checked the same on 4 rows as on 16, and FLOPs, times and saved activations grow linearly with
+the rows of a batch, so they are scaled to the whole batch. No pass is made twice: each teaching
+model runs once (its outputs serve every pair it teaches), each student once per pair (the pass
+that sets up its loss terms is the one the backward goes through), and FLOPs and times are taken
+on those passes, once per distinct model, not on passes of their own. On a GPU the whole batch
+runs, so that the peak memory is measured, not estimated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +52,10 @@ from kdengine.train.tensors import prepare_inputs
 #: few enough that four candidates of a large teacher take seconds, not minutes. A run times them
 #: again on up to 32 rows of its first batch, and keeps its own choice.
 TIMING_ROWS = 2
+
+#: Rows of the batch the dry run pushes through the models and losses on a CPU (see the module
+#: docstring); more than one, so that BatchNorm in training mode has a batch to normalise over.
+CHECK_ROWS = 4
 
 #: A teacher's output and tapped features on the batch.
 Taught = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -83,6 +92,8 @@ class CacheEstimate:
 class DryRunReport:
     recipe: str
     batch_shape: tuple[int, ...]
+    #: Rows of the batch the models and losses ran on (FLOPs, times and memory scaled from them).
+    checked_rows: int = 0
     models: list[ModelReport] = field(default_factory=list)
     loss_values: dict[str, float] = field(default_factory=dict)
     #: How the ``weight = "auto"`` terms were weighted for the batch's loss values, per pair.
@@ -104,6 +115,9 @@ class DryRunReport:
 
     def lines(self) -> list[str]:
         out = [f"{self.recipe}: OK", f"  batch: {tuple(self.batch_shape)}"]
+        if self.checked_rows and self.checked_rows < self.batch_shape[0]:
+            out.append(f"  models and losses run on {self.checked_rows} of its {self.batch_shape[0]} rows; "
+                       "FLOPs, times and memory scaled to the batch")
         if self.skipped:
             out.append(f"  skipped {len(self.skipped)} bad train sample(s), e.g. {self.skipped[0]}")
         for m in self.models:
@@ -170,6 +184,34 @@ class ForwardMeter:
             restore()
 
 
+def first_rows(value, rows: int):
+    """The first ``rows`` rows of a batch's inputs or targets (a tensor, or a list or tuple of them
+    or of per-sample items, as collate functions of whole images of different sizes give)."""
+    if isinstance(value, torch.Tensor):
+        return value[:rows]
+    if isinstance(value, (list, tuple)):
+        return type(value)(value[:rows])
+    return value
+
+
+def whole_batch(layers: list[Layer], batch: int) -> list[Layer]:
+    """Layer output shapes as the whole batch gives them (the layers ran on its first rows)."""
+    return [dataclasses.replace(layer, shape=(batch, *layer.shape[1:])) if len(layer.shape) else layer
+            for layer in layers]
+
+
+@dataclass
+class MemoryEstimate:
+    """What a training step holds: weights, gradients and optimizer state (fixed) and the saved
+    activations of the checked rows (linear in the rows)."""
+
+    fixed: int
+    activations: int
+
+    def total(self, scale: float = 1.0) -> int:
+        return self.fixed + round(self.activations * scale)
+
+
 def _copies(taught: Taught) -> Taught:
     output, features = taught
     return output.clone(), {k: v.clone() for k, v in features.items()}
@@ -215,8 +257,12 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
         if problem is not None:
             raise KDEngineError(f"{recipe.source}: teacher.cache: dataset '{recipe.data.name}': {problem}")
     inputs = prepare_inputs(inputs, recipe.train.channels_last)
+    batch_shape = tuple(inputs.shape)
+    if not inputs.is_cuda:
+        inputs, targets = first_rows(inputs, CHECK_ROWS), first_rows(targets, CHECK_ROWS)
+    scale = batch_shape[0] / inputs.shape[0]
 
-    report = DryRunReport(recipe=recipe.source, batch_shape=tuple(inputs.shape),
+    report = DryRunReport(recipe=recipe.source, batch_shape=batch_shape, checked_rows=inputs.shape[0],
                           skipped=provider.skipped_samples())
     described = [("teacher", "teacher", recipe.teacher)] + [(p.name, "student", p.spec) for p in plans]
     spec_of = {name: spec for name, _, spec in described}
@@ -254,13 +300,14 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
             report.loss_weights.append(prefix + balanced.describe(
                 how="measured on this one batch; training measures on each stage's first "
                     f"train.balance_steps = {plan.train.balance_steps} batches"))
-        report.peak_memory_bytes = max(report.peak_memory_bytes, memory)
+        report.peak_memory_bytes = max(report.peak_memory_bytes, memory.total(scale))
     for model, (roles, name) in distinct.items():
         if model not in meter.measured:  # a model no pair ran
             with meter.next_forward(model, models[name]), torch.inference_mode():
                 models[name](inputs)
         flops, seconds = meter.measured[model]
-        report.models.append(ModelReport(roles[0], model, count_parameters(models[name]), flops, seconds))
+        report.models.append(ModelReport(roles[0], model, count_parameters(models[name]), round(flops * scale),
+                                         seconds * scale))
     if torch.cuda.is_available() and inputs.is_cuda:
         report.peak_memory_bytes = torch.cuda.max_memory_allocated()
         report.memory_measured = True
@@ -275,7 +322,7 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
         report.timing_rows = min(TIMING_ROWS, inputs.shape[0])
         teacher.to(memory_format=torch.contiguous_format)
     if layers:  # last: the listing puts the models in eval mode
-        report.layers = {f"{' and '.join(roles)} {model}": model_layers(models[name], inputs)
+        report.layers = {f"{' and '.join(roles)} {model}": whole_batch(model_layers(models[name], inputs), batch_shape[0])
                          for model, (roles, name) in distinct.items()}
     return report
 
@@ -321,7 +368,7 @@ def micro_batch_coupling(recipe: Recipe, models: dict) -> dict[str, list[str]]:
 
 
 def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.Module, inputs, targets,
-                measuring) -> tuple[dict[str, float], int, LossWeights | None]:
+                measuring) -> tuple[dict[str, float], MemoryEstimate, LossWeights | None]:
     """Loss values for one teacher -> student pair (``taught``: the teacher's output and features
     on the batch), the training-memory estimate, and the weights of its ``weight = "auto"`` terms
     (measured on this one batch, as a stage does on its first ``train.balance_steps``), None when
@@ -329,10 +376,18 @@ def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.
     specs, terms, weights = build_loss_terms(recipe, with_teacher=True)
     t_out, t_feats = taught
     balanced = None
-    saved = [0]
+    saved = [0, 0]  # bytes saved for backward: [activations, weights (or their casts)]
+    rows = inputs.shape[0]
+    weights_of = [*student.parameters(), *teacher.parameters()]
+    weight_storage = {w.untyped_storage().data_ptr() for w in weights_of}
+    weight_shapes = {tuple(w.shape) for w in weights_of}
 
     def pack(tensor):
-        saved[0] += tensor.numel() * tensor.element_size()
+        # Layers save their weights (or autocast's casts of them) beside the activations; those do
+        # not grow with the rows checked, so they are kept apart from what is scaled to the batch.
+        is_weight = tensor.untyped_storage().data_ptr() in weight_storage or (
+            tuple(tensor.shape) in weight_shapes and (tensor.dim() == 0 or tensor.shape[0] != rows))
+        saved[int(is_weight)] += tensor.numel() * tensor.element_size()
         return tensor
 
     objective = None
@@ -362,4 +417,4 @@ def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.
     trainable = sum(p.numel() * p.element_size() for p in objective.parameters())
     optimizer_slots = 1 if recipe.train.optimizer.name == "sgd" else 2
     frozen_teacher = sum(p.numel() * p.element_size() for p in teacher.parameters())
-    return losses, trainable * (2 + optimizer_slots) + frozen_teacher + saved[0], balanced
+    return losses, MemoryEstimate(trainable * (2 + optimizer_slots) + frozen_teacher + saved[1], saved[0]), balanced
