@@ -382,3 +382,25 @@ def test_validate_predicts_the_size_the_cache_then_takes_on_disk(tiny_recipe, tm
     assert estimate.bytes == cache.size_bytes()  # every stored array, headers included
     on_disk = sum(p.stat().st_size for p in cache.path.rglob("*") if p.is_file())  # with meta.json
     assert estimate.bytes == pytest.approx(on_disk, rel=0.03)
+
+
+@pytest.mark.parametrize("factor, problem", [(1e6, r'teacher.cache_dtype = "float16": .* reaches .* set '
+                                                    r'teacher.cache_dtype = "bfloat16" or "float32"'),
+                                             (float("nan"), r"teacher.cache: the teacher's output holds NaN")])
+def test_a_cache_refuses_teacher_values_it_cannot_hold(tiny_recipe, tmp_path, monkeypatch, factor, problem):
+    original = TeacherRunner.__call__
+
+    def scaled(runner, inputs):
+        output, features = original(runner, inputs)
+        return output * factor, features
+
+    monkeypatch.setattr(TeacherRunner, "__call__", scaled)
+    recipe = classification_recipe(tiny_recipe)
+    recipe["teacher"].update(cache=True, cache_dtype="float16", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(KDEngineError, match=problem):
+        kdengine.run(recipe, progress=False, output_dir=tmp_path)
+    assert the_cache(tmp_path / "cache").missing(2) == [1, 2]
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # the half-written epoch is gone
+    if factor == factor:  # finite: bfloat16 holds what float16 cannot
+        recipe["teacher"]["cache_dtype"] = "bfloat16"
+        kdengine.run(recipe, progress=False, output_dir=tmp_path)

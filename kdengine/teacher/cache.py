@@ -194,7 +194,7 @@ class TeacherCache:
                 if stop > self.layout.rows:
                     raise KDEngineError(f"teacher cache: epoch {epoch} yields more rows than its {self.layout.rows}")
                 for name, value in values.items():
-                    arrays[name][row:stop] = self._to_numpy(value)
+                    arrays[name][row:stop] = self._to_numpy(value, name, epoch)
                 row = stop
             if row != self.layout.rows:
                 raise KDEngineError(f"teacher cache: epoch {epoch} produced {row} rows, expected {self.layout.rows}")
@@ -240,10 +240,14 @@ class TeacherCache:
     def _np_dtype(self, value: torch.Tensor) -> np.dtype:
         return self.np_dtype if value.is_floating_point() else value.cpu()[:0].numpy().dtype
 
-    def _to_numpy(self, value: torch.Tensor) -> np.ndarray:
+    def _to_numpy(self, value: torch.Tensor, name: str = "output", epoch: int = 0) -> np.ndarray:
         if not value.is_floating_point():  # classes of top-k logits: stored as they are
             return value.detach().cpu().numpy()
-        value = value.detach().to("cpu", self.torch_dtype)
+        value = value.detach().cpu()
+        stored = value.to(self.torch_dtype)
+        if not bool(torch.isfinite(stored).all()):
+            raise KDEngineError(non_finite_problem(value, name, epoch, self.meta["dtype"]))
+        value = stored
         if self.torch_dtype is torch.bfloat16:
             value = value.view(torch.int16)
         return value.numpy()
@@ -283,6 +287,19 @@ class TeacherCache:
             classes = self.meta["shapes"]["output"][0]
             output = topk.decode(read(topk.VALUES), read(topk.CLASSES), read(topk.LSE), classes)
         return output, {p: read(f"feat-{i}") for i, p in enumerate(feature_paths)}
+
+
+def non_finite_problem(value: torch.Tensor, name: str, epoch: int, dtype: str) -> str:
+    """Why a teacher value cannot be cached: the teacher itself gives NaN or inf, or its values
+    are finite but beyond what ``teacher.cache_dtype`` can hold (float16 stops at 65504)."""
+    what = "output" if name == "output" else f"tapped feature {name}"
+    if not bool(torch.isfinite(value).all()):
+        return (f"teacher.cache: the teacher's {what} holds NaN or inf (cache epoch {epoch}); the teacher "
+                "itself is broken (diverged training or a wrong checkpoint): score it with kdengine evaluate")
+    largest = float(value.abs().max())
+    return (f"teacher.cache_dtype = \"{dtype}\": the teacher's {what} reaches {largest:.4g} (cache epoch "
+            f"{epoch}), beyond {dtype}'s range ({float(torch.finfo(STORAGE[dtype][0]).max):.4g}); set "
+            "teacher.cache_dtype = \"bfloat16\" or \"float32\"")
 
 
 def stored_arrays(values: dict[str, torch.Tensor], k: int | None) -> dict[str, torch.Tensor]:
