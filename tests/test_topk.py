@@ -88,3 +88,25 @@ def test_a_top_k_cache_trains_and_is_never_served_to_a_full_logit_run(tiny_recip
     assert sorted(p.name for p in (topk_folder / "epoch-0001").glob("*.npy")) == \
         sorted(f"{name}.npy" for name in (topk.CLASSES, topk.LSE, topk.VALUES))
     assert report.caches[0].bytes == sum(p.stat().st_size for p in topk_folder.rglob("*.npy"))
+    (full_folder,) = [f for f in folders if f != topk_folder]
+    # 3 float16 logits, 3 one-byte classes and a log-sum-exp a row, against 10 float16 logits
+    assert sum(p.stat().st_size for p in topk_folder.rglob("*.npy")) < \
+        sum(p.stat().st_size for p in full_folder.rglob("*.npy"))
+
+
+@pytest.mark.parametrize("classes, dtype", [(10, torch.uint8), (1000, torch.int16), (40000, torch.int32)])
+@pytest.mark.parametrize("cache_dtype", ["float16", "bfloat16"])
+def test_a_cache_keeps_classes_in_the_smallest_integer_type_and_reads_them_back(tmp_path, classes, dtype,
+                                                                               cache_dtype):
+    from kdengine.teacher.cache import Layout, TeacherCache
+
+    assert topk.class_dtype(classes) is dtype
+    logits = torch.randn(6, classes, generator=torch.Generator().manual_seed(0)) * 4
+    cache = TeacherCache.open(tmp_path, {"output_topk": 3}, Layout((4, 2), 1), cache_dtype)
+    steps = [logits[:4], logits[4:]]
+    cache.ensure(1, lambda epoch: iter(steps), lambda: (lambda x: (x, {})), [])
+    assert torch.from_numpy(cache._arrays(1)[topk.CLASSES][:]).dtype is dtype
+    got, _ = cache.lookup(1, 1, None, [], torch.device("cpu"))
+    top = logits[4:].topk(3, dim=1).indices
+    assert torch.equal(got.topk(3, dim=1).indices.sort(dim=1).values, top.sort(dim=1).values)
+    torch.testing.assert_close(got.gather(1, top), logits[4:].gather(1, top), rtol=2 ** -7, atol=0.1)

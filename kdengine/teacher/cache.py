@@ -275,7 +275,7 @@ class TeacherCache:
 
         def read(name: str) -> torch.Tensor:
             value = torch.from_numpy(np.array(arrays[name][start:stop]))  # a copy: the map is read-only
-            if value.dtype is torch.int32:  # top-k classes
+            if name == topk.CLASSES:  # integers (an int16 array is otherwise a bfloat16 one)
                 return value.to(device=device, non_blocking=True)
             if self.torch_dtype is torch.bfloat16:
                 value = value.view(torch.bfloat16)

@@ -41,12 +41,21 @@ def topk_problem(output_shape: tuple[int, ...] | None, feature_paths: list[str])
     return None
 
 
+def class_dtype(num_classes: int) -> torch.dtype:
+    """The smallest integer type that holds every class index: with 2-byte logits a class index of
+    4 bytes would cost twice its logit, and top-3 of 10 classes would then take more disk than all 10."""
+    if num_classes <= 256:
+        return torch.uint8
+    return torch.int16 if num_classes <= 2 ** 15 else torch.int32
+
+
 def encode(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     """The arrays stored for a batch of logits (B, C): the top ``min(k, C)`` logits, their classes
-    (int32) and each row's log-sum-exp, computed in float32 before any rounding to the cache's type."""
+    (in :func:`class_dtype`) and each row's log-sum-exp, computed in float32 before any rounding to
+    the cache's type."""
     logits = logits.float()
     values, classes = logits.topk(min(k, logits.shape[1]), dim=1)
-    return {VALUES: values, CLASSES: classes.to(torch.int32), LSE: torch.logsumexp(logits, dim=1)}
+    return {VALUES: values, CLASSES: classes.to(class_dtype(logits.shape[1])), LSE: torch.logsumexp(logits, dim=1)}
 
 
 def decode(values: torch.Tensor, classes: torch.Tensor, lse: torch.Tensor, num_classes: int) -> torch.Tensor:
