@@ -12,7 +12,9 @@ and the val score that chose the epoch, as mean, standard deviation and the per-
         --time-file time.txt --load "nothing else running"
 
 Several labelled runs go into one record (``--run LABEL=DIR``, repeatable), for comparisons such
-as one loss per run; each run's stages are then named ``LABEL/stage``.
+as one loss per run; each run's stages are then named ``LABEL/stage``. Several unlabelled folders
+of disjoint seeds (the same recipe run in parallel processes, ``--seeds 0,1`` and ``--seeds 2``)
+are merged into one multi-seed record.
 """
 
 from __future__ import annotations
@@ -44,11 +46,28 @@ def read_time_file(path: Path) -> dict:
     return found
 
 
-def stage_records(seeds_dir: Path, label: str | None) -> dict:
+def merged_summary(seeds_dirs: list[Path]) -> tuple[dict, list[Path]]:
+    """The summary of one multi-seed run, or of several runs in parallel processes over disjoint
+    seeds (``--seeds 0,1`` and ``--seeds 2``), recomputed by kdengine from their seeds' results."""
+    summaries = [json.loads((d / "summary.json").read_text(encoding="utf-8")) for d in seeds_dirs]
+    folders = [f for d, summary in zip(seeds_dirs, summaries) for f in _seed_folders(d, summary)]
+    if len(seeds_dirs) == 1:
+        return summaries[0], folders
+    from kdengine.reporting.results import Results
+    from kdengine.reporting.summary import summarise
+
+    seeds = [seed for summary in summaries for seed in summary["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"the runs share seeds ({seeds}); merge runs of disjoint seeds only")
+    merged = summarise([Results.load(f / "results.json") for f in folders], " + ".join(map(str, seeds_dirs)), seeds)
+    merged.teacher_note = " ".join(dict.fromkeys(s.get("teacher_note") or "" for s in summaries)).strip()
+    return json.loads(merged.model_dump_json()), folders
+
+
+def stage_records(seeds_dirs: list[Path], label: str | None) -> dict:
     """Every stage of a multi-seed run: test at val-best and last, val at its best, best epochs."""
-    summary = json.loads((seeds_dir / "summary.json").read_text(encoding="utf-8"))
-    per_seed = [json.loads((Path(run) / "results.json").read_text(encoding="utf-8"))
-                for run in _seed_folders(seeds_dir, summary)]
+    summary, folders = merged_summary(seeds_dirs)
+    per_seed = [json.loads((run / "results.json").read_text(encoding="utf-8")) for run in folders]
     records = {}
     for stage in summary["stages"]:
         name = stage["stage"] if label is None else f"{label}/{stage['stage']}"
@@ -91,7 +110,8 @@ def _cell(value: dict | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("seeds_dir", nargs="?", type=Path, help="a multi-seed run folder (<name>-<stamp>-seeds)")
+    parser.add_argument("seeds_dir", nargs="*", type=Path,
+                        help="a multi-seed run folder (<name>-<stamp>-seeds); several, of disjoint seeds, are merged")
     parser.add_argument("--run", action="append", default=[], metavar="LABEL=DIR",
                         help="a labelled multi-seed run folder (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON record to write")
@@ -105,15 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(None, args.seeds_dir)] if args.seeds_dir else []
     for item in args.run:
         label, _, folder = item.partition("=")
-        runs.append((label, Path(folder)))
+        runs.append((label, [Path(folder)]))
     if not runs:
         parser.error("give a seeds folder or --run LABEL=DIR")
     stages, seeds, monitor, notes = {}, None, None, []
-    for label, folder in runs:
-        if not (folder / "summary.json").is_file():
-            print(f"{folder}: not a finished multi-seed run (no summary.json)", file=sys.stderr)
-            return 2
-        found = stage_records(folder, label)
+    for label, folders in runs:
+        for folder in folders:
+            if not (folder / "summary.json").is_file():
+                print(f"{folder}: not a finished multi-seed run (no summary.json)", file=sys.stderr)
+                return 2
+        found = stage_records(folders, label)
         stages.update(found["stages"])
         seeds, monitor = found["seeds"], monitor or found["monitor"]
         if found["teacher_note"]:
