@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -39,10 +38,11 @@ from kdengine.teacher.given import load_teacher_checkpoint
 from kdengine.teacher.precision import InferenceSetting, TeacherRunner, candidates, choose
 from kdengine.teacher.replay import BatchAugmentStream, SeededItems, check_replayable
 from kdengine.teacher.topk import topk_problem
-from kdengine.tools.layers import Layer, format_layers, model_layers
+from kdengine.tools.dry_run_report import CacheEstimate, DryRunReport, MemoryEstimate, ModelReport
+from kdengine.tools.layers import Layer, model_layers
 from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_norms, solve_weights
 from kdengine.train.context import open_dataset, open_splits, step_sizes
-from kdengine.train.coupling import batch_coupled, coupling_note
+from kdengine.train.coupling import batch_coupled
 from kdengine.train.models import count_parameters, describe
 from kdengine.train.objective import build_loss_terms, set_up_and_run, set_up_objective, tap_paths, term_keys
 from kdengine.train.tensors import prepare_inputs
@@ -59,90 +59,6 @@ CHECK_ROWS = 4
 
 #: A teacher's output and tapped features on the batch.
 Taught = tuple[torch.Tensor, dict[str, torch.Tensor]]
-
-
-@dataclass
-class ModelReport:
-    role: str
-    model: str
-    params: int
-    forward_flops: int
-    #: Wall time of that forward pass (a teacher's under inference_mode, a student's as it trains).
-    seconds: float
-
-
-@dataclass
-class CacheEstimate:
-    """What one teacher-output cache will hold on disk once built."""
-
-    stages: list[str]
-    bytes: int
-    epochs: int
-    rows: int
-    dtype: str
-    topk: int | None
-
-    def line(self) -> str:
-        stored = f"top-{self.topk} logits" if self.topk else "outputs"
-        return (f"teacher cache ({', '.join(self.stages)}): {self.bytes / 2**20:.1f} MiB on disk once built "
-                f"({self.epochs} epochs x {self.rows} rows, {stored} in {self.dtype}, one process)")
-
-
-@dataclass
-class DryRunReport:
-    recipe: str
-    batch_shape: tuple[int, ...]
-    #: Rows of the batch the models and losses ran on (FLOPs, times and memory scaled from them).
-    checked_rows: int = 0
-    models: list[ModelReport] = field(default_factory=list)
-    loss_values: dict[str, float] = field(default_factory=dict)
-    #: How the ``weight = "auto"`` terms were weighted for the batch's loss values, per pair.
-    loss_weights: list[str] = field(default_factory=list)
-    peak_memory_bytes: int = 0
-    memory_measured: bool = False
-    #: Seconds per teacher forward on ``timing_rows`` images for each candidate setting
-    #: (``teacher.precision = "auto"``).
-    teacher_inference: dict[str, float] = field(default_factory=dict)
-    timing_rows: int = 0
-    #: With ``teacher.cache = true``: each cache the run will build, and its size.
-    caches: list[CacheEstimate] = field(default_factory=list)
-    #: Bad samples of the train split left out (``data.on_bad_sample = "skip"``).
-    skipped: list[str] = field(default_factory=list)
-    #: With ``layers=True``: each distinct model's tappable layers on the batch, by ``role model``.
-    layers: dict[str, list[Layer]] = field(default_factory=dict)
-    #: Under ``train.max_memory``: by stage, what would see micro-batches instead of the whole batch.
-    micro_batch_coupled: dict[str, list[str]] = field(default_factory=dict)
-
-    def lines(self) -> list[str]:
-        out = [f"{self.recipe}: OK", f"  batch: {tuple(self.batch_shape)}"]
-        if self.checked_rows and self.checked_rows < self.batch_shape[0]:
-            out.append(f"  models and losses run on {self.checked_rows} of its {self.batch_shape[0]} rows; "
-                       "FLOPs, times and memory scaled to the batch")
-        if self.skipped:
-            out.append(f"  skipped {len(self.skipped)} bad train sample(s), e.g. {self.skipped[0]}")
-        for m in self.models:
-            out.append(f"  {m.role:<8} {m.model}: {m.params / 1e6:.3f}M params, "
-                       f"{m.forward_flops / 1e9:.3f} GFLOPs per batch forward, {m.seconds * 1e3:.0f} ms")
-        for name, value in self.loss_values.items():
-            out.append(f"  loss {name}: {value:.4f}")
-        out += [f"  {line}" for line in self.loss_weights]
-        if self.teacher_inference:
-            fastest = min(self.teacher_inference, key=self.teacher_inference.get)
-            out.append(f"  teacher inference, timed on {self.timing_rows} images (a run times them again "
-                       "on up to 32 of its first batch):")
-            for setting, seconds in self.teacher_inference.items():
-                mark = "  <- fastest, used" if setting == fastest else ""
-                out.append(f"    {setting}: {seconds * 1e3:.1f} ms{mark}")
-        kind = "peak (measured)" if self.memory_measured else "estimate (weights, grads, optimizer state, saved activations)"
-        out.append(f"  training memory {kind}: {self.peak_memory_bytes / 2**20:.1f} MiB")
-        out += [f"  {cache.line()}" for cache in self.caches]
-        for stage, coupled in self.micro_batch_coupled.items():
-            out.append(f"  train.max_memory: {stage}: if its batch is split into micro-batches, "
-                       f"{coupling_note(coupled)}")
-        for label, layers in self.layers.items():
-            out.append(f"  {label}: {len(layers)} tappable layers (module paths for feature losses)")
-            out += format_layers(layers, indent="    ")
-        return out
 
 
 class ForwardMeter:
@@ -198,18 +114,6 @@ def whole_batch(layers: list[Layer], batch: int) -> list[Layer]:
     """Layer output shapes as the whole batch gives them (the layers ran on its first rows)."""
     return [dataclasses.replace(layer, shape=(batch, *layer.shape[1:])) if len(layer.shape) else layer
             for layer in layers]
-
-
-@dataclass
-class MemoryEstimate:
-    """What a training step holds: weights, gradients and optimizer state (fixed) and the saved
-    activations of the checked rows (linear in the rows)."""
-
-    fixed: int
-    activations: int
-
-    def total(self, scale: float = 1.0) -> int:
-        return self.fixed + round(self.activations * scale)
 
 
 def _copies(taught: Taught) -> Taught:
