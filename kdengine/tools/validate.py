@@ -5,14 +5,13 @@ the teacher, the student and every loss term (so feature taps and adapter shapes
 and measures parameters, FLOPs (torch.utils.flop_counter), the batch's memory and, with
 ``teacher.cache = true``, the size the teacher-output cache will take on disk.
 
-A large teacher on a CPU takes seconds per batch, so on a CPU the models and losses run on the
+A large teacher on a CPU takes seconds per batch, so the models and losses run on the
 first ``CHECK_ROWS`` rows of the (augmented) batch, not all of it: every shape, tap and adapter
 is checked the same on 4 rows as on 16, and FLOPs, times and saved activations grow linearly with
 the rows of a batch, so they are scaled to the whole batch. No pass is made twice: each teaching
 model runs once (its outputs serve every pair it teaches), each student once per pair (the pass
 that sets up its loss terms is the one the backward goes through), and FLOPs and times are taken
-on those passes, once per distinct model, not on passes of their own. On a GPU the whole batch
-runs, so that the peak memory is measured, not estimated.
+on those passes, once per distinct model, not on passes of their own.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from kdengine.train.tensors import prepare_inputs
 #: again on up to 32 rows of its first batch, and keeps its own choice.
 TIMING_ROWS = 2
 
-#: Rows of the batch the dry run pushes through the models and losses on a CPU (see the module
+#: Rows of the batch the dry run pushes through the models and losses (see the module
 #: docstring); more than one, so that BatchNorm in training mode has a batch to normalise over.
 CHECK_ROWS = 4
 
@@ -162,8 +161,7 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
             raise KDEngineError(f"{recipe.source}: teacher.cache: dataset '{recipe.data.name}': {problem}")
     inputs = prepare_inputs(inputs, recipe.train.channels_last)
     batch_shape = tuple(inputs.shape)
-    if not inputs.is_cuda:
-        inputs, targets = first_rows(inputs, CHECK_ROWS), first_rows(targets, CHECK_ROWS)
+    inputs, targets = first_rows(inputs, CHECK_ROWS), first_rows(targets, CHECK_ROWS)
     scale = batch_shape[0] / inputs.shape[0]
 
     report = DryRunReport(recipe=recipe.source, batch_shape=batch_shape, checked_rows=inputs.shape[0],
