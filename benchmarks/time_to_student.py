@@ -1,13 +1,14 @@
 """Time to a distilled student: kdengine and torchdistill, each at its best, on one job.
 
     python benchmarks/time_to_student.py [--epochs 3] [--teacher resnet50] [--widths 1.0,0.75,0.5]
-        [--threads 1] [--work-dir DIR] [--json FILE]
+        [--views all,1] [--threads 1] [--work-dir DIR [--prepare-only]] [--json FILE]
 
 The job, the same for both tools:
 
 - a ResNet teacher with the CIFAR stem (``--teacher``, ResNet-50 by default), trained once by
-  kdengine on scikit-learn's digits at 32x32 (``--teacher-epochs``, bf16, channels_last, cosine,
-  chosen on val; not part of the timing) and written to a safetensors file that both tools read;
+  kdengine on scikit-learn's digits at 32x32 (``--teacher-epochs``, AdamW at batch 32, bf16,
+  channels_last, cosine, chosen on val; not part of the timing) and written to a safetensors file
+  that both tools read (``--work-dir`` keeps it: a later run with that folder reuses it);
 - MobileNetV2 students (CIFAR stem) of the widths ``--widths``; the first width is "one student",
   all of them are "three students of one teacher";
 - random crop (zero padding 4) and horizontal flip, a new draw every epoch;
@@ -27,6 +28,10 @@ Each tool at its best on this machine:
   one data stream serves every student of that stream, so the three students share the one that
   the first builds), ``teacher.precision = "auto"``, ``train.channels_last``, batched
   augmentation, evaluation at the last epoch only (``train.eval_every``), as torchdistill's loop.
+  ``--views`` adds variants: ``all`` caches one epoch of augmented batches per student epoch (the
+  same job as torchdistill's), a number k sets ``teacher.cache_views = k`` (the teacher runs on k
+  epochs of batches that the students replay in turn: fewer augmented views, a different job,
+  judged by its top-1). Each variant builds its own cache, timed in its first student.
 
 Measured per student: wall time from process start to the scored student (imports, cache build,
 evaluation and run records included), images/s (training images over that wall time, and over
@@ -154,8 +159,8 @@ def kdengine_recipe(plan: dict, *, teacher_epochs: int | None = None) -> dict:
         "run": {"name": "time-to-student", "seed": plan["seed"]},
         "data": {"name": "digits", "params": {**plan["data_params"], "augment": {"crop_padding": 4, "flip": True}}},
         "teacher": {"name": "torchvision", "params": plan["teacher_params"],
-                    "checkpoint": str(Path(plan["work"]) / "teacher.safetensors"),
-                    "cache": True, "cache_dir": str(Path(plan["work"]) / "teacher-cache"), "precision": "auto"},
+                    "checkpoint": str(Path(plan["work"]) / "teacher.safetensors"), "cache": True,
+                    "cache_dir": str(cache_dir(plan)), "precision": "auto"},
         "student": {"name": "torchvision", "params": plan.get("student_params") or student_params(0.35)},
         "train": {
             "epochs": plan["epochs"], "batch_size": plan["batch_size"], "eval_batch_size": 256,
@@ -168,13 +173,28 @@ def kdengine_recipe(plan: dict, *, teacher_epochs: int | None = None) -> dict:
                  {"name": "cross_entropy", "weight": plan["ce_weight"]}],
         "metric": [{"name": "top1"}],
     }
+    if plan.get("views"):
+        recipe["teacher"]["cache_views"] = plan["views"]
     if teacher_epochs is not None:  # train the teacher (chosen on val); a one-epoch student is the run's rest
+        # AdamW at batch 32: a ResNet-50 from scratch learns nothing from digits' 10 steps of batch
+        # 128 per epoch under the students' SGD 0.1 (top-1 0.11 after 2 epochs)
         recipe["teacher"] = {"name": "torchvision", "params": plan["teacher_params"],
                              "train": {"epochs": teacher_epochs, "eval_every": 1, "channels_last": True,
+                                       "batch_size": 32, "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
                                        "mixed_precision": "bf16", "scheduler": {"name": "cosine"}}}
         recipe["student"] = {"name": "torchvision", "params": student_params(0.35)}
         recipe["train"] = {**recipe["train"], "epochs": 1, "eval_every": 1}
     return recipe
+
+
+def cache_dir(plan: dict) -> Path:
+    """Each kdengine variant's own cache: a one-view cache could otherwise read the first epoch of
+    a full one for free."""
+    return Path(plan["work"]) / f"teacher-cache-views-{plan.get('views') or 'all'}"
+
+
+def variant_name(views: int | None) -> str:
+    return "kdengine" if views is None else f"kdengine, cache_views={views}"
 
 
 WORKERS = {"kdengine": worker_kdengine, "torchdistill": worker_torchdistill}
@@ -194,6 +214,14 @@ def prepare(plan: dict, teacher_epochs: int) -> dict:
 
     torch.set_num_threads(plan["threads"])
     work = Path(plan["work"])
+    record = work / "prepared.json"
+    wanted = {"teacher_params": plan["teacher_params"], "data_params": plan["data_params"],
+              "teacher_epochs": teacher_epochs, "widths": plan["widths"], "seed": plan["seed"]}
+    if record.is_file() and (work / "teacher.safetensors").is_file():
+        previous = json.loads(record.read_text())
+        if previous.get("for") == wanted:  # the same teacher job: train it once, time the students often
+            print(f"  reusing the teacher prepared in {work}", flush=True)
+            return {**previous["prepared"], "student_params": {float(k): v for k, v in previous["prepared"]["student_params"].items()}}
     provider = get_catalog().get("dataset", "digits")(plan["data_params"])
     for split, data in (("train", provider.train_set()), ("test", provider.test_set())):
         # what kdengine's in-memory dataset returns item by item, for the whole split at once
@@ -210,20 +238,24 @@ def prepare(plan: dict, teacher_epochs: int) -> dict:
         student = get_catalog().get("student", "torchvision")(student_params(width)).build(provider.info())
         save_weights(student, work / f"student-init-{width}.safetensors")
         inits[width] = sum(p.numel() for p in student.parameters())
-    return {"teacher_top1_test": teacher.test_best["top1"], "teacher_best_epoch": teacher.best_epoch,
-            "teacher_params": teacher.params, "teacher_seconds": time.perf_counter() - started,
-            "student_params": inits, "train_images": len(provider.train_set()), "test_images": len(provider.test_set())}
+    prepared = {"teacher_top1_test": teacher.test_best["top1"], "teacher_top1_val": teacher.best["top1"],
+                "teacher_best_epoch": teacher.best_epoch, "teacher_params": teacher.params,
+                "teacher_seconds": time.perf_counter() - started, "student_params": inits,
+                "train_images": len(provider.train_set()), "test_images": len(provider.test_set())}
+    record.write_text(json.dumps({"for": wanted, "prepared": prepared}, indent=1))
+    return prepared
 
 
 # ---------------------------------------------------------------------------------------------
 # orchestration
 
 
-def run_student(tool: str, python: Path, base: dict, width: float, precision: str, tag: str) -> dict:
+def run_student(tool: str, python: Path, base: dict, width: float, precision: str, tag: str,
+                views: int | None = None) -> dict:
     """One student by one tool in a fresh process: its numbers, or ``{"failed": last log line}``."""
     work = Path(base["work"])
     shutil.copyfile(work / f"student-init-{width}.safetensors", work / "student-init.safetensors")
-    plan = {**base, "student_params": student_params(width), "precision": precision}
+    plan = {**base, "student_params": student_params(width), "precision": precision, "views": views}
     plan_file = work / f"plan-{tag}.json"
     plan_file.write_text(json.dumps(plan, indent=1))
     log = work / "logs" / f"{tag}.log"
@@ -232,7 +264,7 @@ def run_student(tool: str, python: Path, base: dict, width: float, precision: st
         lines = [line for line in log.read_text().splitlines() if line.strip()]
         return {"failed": lines[-1] if lines else "no output", "width": width, "precision": precision}
     images = base["epochs"] * base["steps_per_epoch"] * base["batch_size"]
-    result.update(width=width, precision=precision, images_per_wall_s=images / result["wall_seconds"])
+    result.update(width=width, precision=precision, views=views, images_per_wall_s=images / result["wall_seconds"])
     print(f"  {tag}: {result['wall_seconds']:.0f} s, top-1 {result['top1']:.4f}, "
           f"{result['images_per_s']:.0f} images/s per step, peak {result['peak_rss_mib']:.0f} MiB", flush=True)
     return result
@@ -268,26 +300,37 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every student")
     parser.add_argument("--teacher", default="resnet50", help="torchvision ResNet (CIFAR stem)")
-    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--widths", default="1.0,0.75,0.5", help="MobileNetV2 width of each student")
     parser.add_argument("--train-size", type=int, default=1280, help="digits training images (a multiple of the batch)")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--views", default="all,1",
+                        help="kdengine variants: 'all' (a cache epoch per student epoch, the same job as "
+                             "torchdistill's) and/or numbers of cached epochs (teacher.cache_views)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every process")
     parser.add_argument("--td-precision", default="fp32,bf16",
                         help="torchdistill precisions to time on the first student (the faster is kept)")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="train the teacher into --work-dir and stop (a later run with that folder reuses it)")
     add_torchdistill_and_worker_arguments(parser, WORKERS)
     args = parser.parse_args(argv)
     if run_as_worker(args, WORKERS):
         return
 
     widths = [float(w) for w in args.widths.split(",") if w.strip()]
+    try:
+        views = [None if v.strip() == "all" else int(v) for v in args.views.split(",") if v.strip()]
+    except ValueError:
+        parser.error("--views: 'all' and/or whole numbers, comma-separated")
     td_precisions = [p.strip() for p in args.td_precision.split(",") if p.strip()]
     if not widths or not set(td_precisions) <= {"fp32", "bf16"} or not td_precisions:
         parser.error("--widths takes at least one width; --td-precision fp32 and/or bf16")
     if args.train_size % args.batch_size or args.train_size + 2 * 200 > 1797:
         parser.error("--train-size: a multiple of --batch-size, at most 1397 (val and test keep 200 each)")
+    if args.prepare_only and args.work_dir is None:
+        parser.error("--prepare-only needs --work-dir (the folder a later run reuses)")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="kdengine-time-to-student-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
@@ -304,6 +347,10 @@ def main(argv: list[str] | None = None) -> None:
     prepared = prepare(base, args.teacher_epochs)
     print(f"  teacher: test top-1 {prepared['teacher_top1_test']:.4f} (val-best epoch "
           f"{prepared['teacher_best_epoch']}), {prepared['teacher_seconds']:.0f} s", flush=True)
+    if args.prepare_only:
+        return
+    for old in work.glob("teacher-cache*"):  # every cache is built, and timed, by this run
+        shutil.rmtree(old)
     pythons = {"kdengine": Path(sys.executable), "torchdistill": torchdistill_python(args.cache.resolve(), args.torchdistill)}
     load_before = load_average()
 
@@ -314,15 +361,17 @@ def main(argv: list[str] | None = None) -> None:
     if not timed:
         raise SystemExit(f"torchdistill failed at every precision; logs in {work / 'logs'}")
     best = min(timed, key=lambda p: timed[p]["wall_seconds"])
-    runs: dict[str, list[dict]] = {"torchdistill": [timed[best]], "kdengine": []}
+    runs: dict[str, list[dict]] = {"torchdistill": [timed[best]], **{variant_name(v): [] for v in views}}
     for i, width in enumerate(widths):
         if i:
             result = run_student("torchdistill", pythons["torchdistill"], base, width, best, f"torchdistill-{best}-{width}")
             if "failed" not in result:
                 runs["torchdistill"].append(result)
-        result = run_student("kdengine", pythons["kdengine"], base, width, "auto", f"kdengine-{width}")
-        if "failed" not in result:
-            runs["kdengine"].append(result)
+        for v in views:
+            result = run_student("kdengine", pythons["kdengine"], base, width, "auto",
+                                 f"kdengine-views-{v or 'all'}-{width}", views=v)
+            if "failed" not in result:
+                runs[variant_name(v)].append(result)
 
     trial_times = ", ".join(f"{p} {r['wall_seconds']:.0f} s" if "failed" not in r else f"{p} failed: {r['failed']}"
                             for p, r in trials.items())

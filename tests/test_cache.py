@@ -404,3 +404,44 @@ def test_a_cache_refuses_teacher_values_it_cannot_hold(tiny_recipe, tmp_path, mo
     if factor == factor:  # finite: bfloat16 holds what float16 cannot
         recipe["teacher"]["cache_dtype"] = "bfloat16"
         kdengine.run(recipe, progress=False, output_dir=tmp_path)
+
+
+def test_cache_views_replays_fewer_epochs_of_batches_than_the_student_trains(tiny_recipe, tmp_path, monkeypatch):
+    from kdengine.tools.validate import dry_run
+    from kdengine.train import stage
+
+    recipe = classification_recipe(tiny_recipe)
+    recipe["train"]["epochs"] = 3
+    recipe["teacher"].update(cache=True, cache_dtype="float32", cache_dir=str(tmp_path / "cache"), cache_views=2,
+                             train={"epochs": 1})
+    (estimate,) = dry_run(recipe).caches
+    assert estimate.epochs == 2
+    looked_up, student_inputs = [], []
+    original_lookup, original_step = TeacherCache.lookup, stage.train_step
+
+    def lookup(cache, epoch, *args, **kwargs):
+        looked_up.append(epoch)
+        return original_lookup(cache, epoch, *args, **kwargs)
+
+    def train_step(*args, **kwargs):
+        if args[0] is not None and looked_up:  # the distilled stage (the teacher's own reads no cache)
+            student_inputs.append(args[7].clone())
+        return original_step(*args, **kwargs)
+
+    monkeypatch.setattr(TeacherCache, "lookup", lookup)
+    monkeypatch.setattr(stage, "train_step", train_step)
+    kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
+    monkeypatch.undo()
+
+    cache = the_cache(tmp_path / "cache")
+    assert cache.missing(2) == [] and not cache.has_epoch(3)  # the teacher ran on two epochs of data
+    assert estimate.bytes == cache.size_bytes()
+    steps = len(student_inputs) // 3
+    assert looked_up[-3 * steps:] == [1] * steps + [2] * steps + [1] * steps
+    first, second, third = (student_inputs[i * steps:(i + 1) * steps] for i in range(3))
+    # epoch 3 trains on epoch 1's order and augmentation draws, which the cache's outputs are for
+    assert all(torch.equal(a, c) for a, c in zip(first, third))
+    assert not any(torch.equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(KDEngineError, match="cache_views: only the teacher-output cache"):
+        kdengine.run({**recipe, "teacher": {**recipe["teacher"], "cache": False}}, progress=False,
+                     output_dir=tmp_path / "refused")

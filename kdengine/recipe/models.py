@@ -210,6 +210,11 @@ class TeacherSpec(ComponentSpec):
     #: them; reading rebuilds the rest so the top-k probabilities at T = 1 are the teacher's
     #: exactly (:mod:`kdengine.teacher.topk`). None: the full logits.
     cache_topk: int | None = Field(None, ge=1)
+    #: How many epochs of augmented batches the cache holds: a stage longer than that trains on
+    #: them again in turn (epoch e on the data order and augmentation draws of epoch
+    #: ``(e - 1) % cache_views + 1``), so the teacher runs on ``cache_views`` epochs of data,
+    #: not on every epoch. None: one per epoch the stage trains (every epoch's draws are new).
+    cache_views: int | None = Field(None, ge=1)
     #: The frozen teacher's precision when it teaches (and builds the cache): "same" as the
     #: stage's ``train.mixed_precision``, "no" (float32), "bf16", "fp16", or "auto": the fastest,
     #: measured on the first batch (bf16 and channels_last help some models and hurt others).
@@ -233,6 +238,9 @@ class TeacherSpec(ComponentSpec):
         if self.cache_topk is not None and not self.cache:
             raise ValueError("cache_topk: only the teacher-output cache stores top-k logits; set cache = true "
                              "or drop cache_topk")
+        if self.cache_views is not None and not self.cache:
+            raise ValueError("cache_views: only the teacher-output cache replays epochs of augmented batches; "
+                             "set cache = true or drop cache_views")
         return self
 
     @model_validator(mode="after")

@@ -36,6 +36,12 @@ def default_cache_root(recipe: "Recipe", output_dir: Path) -> Path:
     return Path(recipe.teacher.cache_dir) if recipe.teacher.cache_dir is not None else output_dir / "teacher-cache"
 
 
+def cached_epochs(recipe: "Recipe", epochs: int) -> int:
+    """How many epochs of augmented batches the cache holds for a stage of ``epochs`` epochs."""
+    views = recipe.teacher.cache_views
+    return min(epochs, views) if views is not None else epochs
+
+
 def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeacher", feature_paths: list[str],
                        steps: int, root: Path) -> TeacherCache:
     """The stage's teacher-output cache, with every epoch the stage trains present (the main
@@ -124,7 +130,7 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
     if accelerator.is_main_process:
         with located(recipe.source, "teacher.cache"):
             cache = TeacherCache.open(root, parts, layout, recipe.teacher.cache_dtype)
-            stats = cache.ensure(train.epochs, batches, teacher, feature_paths)
+            stats = cache.ensure(cached_epochs(recipe, train.epochs), batches, teacher, feature_paths)
         if stats["built_epochs"] and ctx.progress:
             console.print(f"{plan.name}: teacher cache {cache.path} built ({stats['built_epochs']} epochs, "
                           f"{cache.size_bytes() / 2**20:.1f} MiB, {stats['seconds']:.1f} s)")

@@ -57,6 +57,10 @@ class TeacherSource:
     def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:
         raise NotImplementedError
 
+    def data_epoch(self, epoch: int) -> int:
+        """The epoch whose data order and augmentation draws the stage trains on at ``epoch``."""
+        return epoch
+
     def close(self) -> None:
         """Release hooks and memory at the end of the stage."""
 
@@ -99,6 +103,8 @@ class CachedTeacher(TeacherSource):
         self._load = load
         self._model: nn.Module | None = None
         self.cache = None
+        #: ``teacher.cache_views``: how many epochs of batches the cache holds (None: every epoch)
+        self.views: int | None = None
 
     def weights_key(self) -> str:
         """The cache key's part for the teacher's weights: another teacher is another cache. A
@@ -115,12 +121,17 @@ class CachedTeacher(TeacherSource):
 
     def start(self, ctx, plan, feature_paths, steps, first_inputs) -> None:
         self.ctx, self.feature_paths = ctx, feature_paths
+        self.views = ctx.recipe.teacher.cache_views
         rng = rng_state()  # building the cache (a teacher's init, ...) must not move the stage's generators
         self.cache = open_teacher_cache(ctx, plan, self, feature_paths, steps,
                                         default_cache_root(ctx.recipe, ctx.folder.path.parent))
         self._model = None  # students train without the teacher in memory
         set_rng_state(rng)
 
+    def data_epoch(self, epoch: int) -> int:
+        return (epoch - 1) % self.views + 1 if self.views else epoch
+
     def step(self, epoch: int, step: int, process: int | None) -> StepTeacher:
+        # ``epoch`` is a data epoch (``data_epoch``): the one whose batches the cache holds
         outputs = self.cache.lookup(epoch, step, process, self.feature_paths, self.ctx.device)
         return lambda inputs, rows: slice_tensors(outputs, rows)

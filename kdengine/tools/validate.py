@@ -33,6 +33,7 @@ from kdengine.recipe.shares import AUTO, stage_shares
 from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.tracking import check_installed
 from kdengine.teacher.cache import predicted_bytes
+from kdengine.teacher.cached import cached_epochs
 from kdengine.teacher.given import load_teacher_checkpoint
 from kdengine.teacher.precision import InferenceSetting, TeacherRunner, candidates, choose
 from kdengine.teacher.replay import BatchAugmentStream, SeededItems, check_replayable
@@ -247,7 +248,8 @@ def cache_estimates(recipe: Recipe, pairs: list[StagePlan], train_rows: int, tau
         if problem is not None:
             raise KDEngineError(f"{recipe.source}: {problem}")
         rows = sum(step_sizes(train_rows, plans[0].train))
-        epochs = max(plan.train.epochs for plan in plans)  # a cache holds as many epochs as its longest stage
+        # a cache holds as many epochs as its longest stage, or teacher.cache_views of them
+        epochs = cached_epochs(recipe, max(plan.train.epochs for plan in plans))
         values = {"output": output, **{f"feat-{i}": features[p] for i, p in enumerate(teacher_paths)}}
         out.append(CacheEstimate([plan.name for plan in plans],
                                  predicted_bytes(values, rows, epochs, spec.cache_dtype, spec.cache_topk),

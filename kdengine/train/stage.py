@@ -164,16 +164,17 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     with StageProgress(plan.name, train.epochs, steps, enabled=ctx.progress and accelerator.is_main_process,
                        done=(first_epoch - 1) * steps) as bar:
         for epoch in range(first_epoch, train.epochs + 1):
-            train_loader.set_epoch(epoch)
+            data_epoch = source.data_epoch(epoch)  # another than ``epoch`` only under teacher.cache_views
+            train_loader.set_epoch(data_epoch)
             objective.train()
             freeze.start_epoch(epoch)
             epoch_start = time.perf_counter()
             sums = torch.zeros(len(terms) + 1, device=ctx.device)
             seen = skipped = scaler_skipped = 0
             for step, batch in enumerate(islice(train_loader, steps)):
-                inputs, targets = augment(*batch, epoch=epoch, step=step, process=accelerator.process_index)
+                inputs, targets = augment(*batch, epoch=data_epoch, step=step, process=accelerator.process_index)
                 inputs = prepare_inputs(inputs, train.channels_last)
-                teach = source.step(epoch, step, accelerator.process_index)
+                teach = source.step(data_epoch, step, accelerator.process_index)
                 done = train_step(accelerator, objective, optimizer, schedule, train, weights, term_names,
                                   inputs, targets, teach, micro_batch)
                 if done.problem is not None:
