@@ -63,6 +63,8 @@ def measure_stages(out_file: Path) -> None:
         reset = _reset_peak()
         result = original(ctx, plan, factory, source, resume=resume)
         row = {"stage": plan.name, "epoch_seconds": [r.seconds for r in result.history],
+               "train_seconds": [r.train_seconds for r in result.history],
+               "eval_seconds": [r.eval_seconds for r in result.history],
                "peak_bytes": _peak_bytes(), "peak_reset": reset, "images": len(ctx.train_set),
                "steps": plan.train.max_steps_per_epoch}
         with open(out_file, "a", encoding="utf-8") as handle:

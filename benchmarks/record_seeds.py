@@ -87,6 +87,17 @@ def _seed_folders(seeds_dir: Path, summary: dict) -> list[Path]:
     return [seeds_dir / Path(run).name for run in summary["runs"]]
 
 
+#: An absolute path up to a run folder's checkpoints (the teacher notes name the file a teacher was
+#: loaded from); the record keeps the run folder's name and drops where it lay on this machine.
+_FOLDER_BEFORE_RUN = re.compile(r"(?<![\w>])/(?:[^\s/,]+/)*?([^\s/,]+)/checkpoints/")
+
+
+def without_machine_folders(note: str) -> str:
+    """``note`` with every run folder's absolute path shortened to ``<runs>/NAME``: a committed
+    record must not say where this machine keeps its runs."""
+    return _FOLDER_BEFORE_RUN.sub(r"<runs>/\1/checkpoints/", note)
+
+
 def _compact(metrics: dict | None) -> dict:
     if not metrics:
         return {}
@@ -144,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads visible, Python "
                    f"{platform.python_version()}, torch {torch.__version__}, {args.threads}",
         "load": args.load, **(read_time_file(args.time_file) if args.time_file else {}),
-        "seeds": seeds, "monitor": monitor, "teacher": " ".join(dict.fromkeys(notes)), "stages": stages,
+        "seeds": seeds, "monitor": monitor, "teacher": without_machine_folders(" ".join(dict.fromkeys(notes))),
+        "stages": stages,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -1,19 +1,27 @@
 """Scaling: distilled-student epoch time and peak memory as the training set grows 1x, 2x, 4x, 8x.
 
 ResNet18 teacher (CIFAR stem, inline) -> MobileNetV2 0.5x student (CIFAR stem), 32x32 images,
-batch 64, two epochs per size, each size in a fresh process. Epoch time is the second epoch's
-(evaluation of a fixed 64-image split included); peak memory is the distilled stage's resident-set
-high-water mark, reset when the stage starts::
+batch 64, two epochs per size, each size in a fresh process, ``--repeats`` times in turn
+(1x, 2x, ..., then again), the median kept. The second epoch is measured; its training time
+(every optimizer step, the data loading and augmentation between them) is what should grow with
+the data, and it is reported apart from the evaluation of a fixed 64-image split that the epoch
+also runs. Peak memory is the distilled stage's resident-set high-water mark, reset when the stage
+starts::
 
-    python benchmarks/scaling.py [--base 192] [--factors 1,2,4,8]
+    python benchmarks/scaling.py [--base 192] [--factors 1,2,4,8] [--repeats 3] [--json FILE]
 
-Linear time means a constant time per image; flat memory means the peak does not grow with the
-data (it is set by the batch, the models and the optimizer state).
+Linear time means a constant training time per image; the table's least-squares line through
+(images, training seconds) says how much of an epoch is fixed and how much per image. Flat memory
+means the peak does not grow with the data (it is set by the batch, the models and the optimizer
+state).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,11 +49,27 @@ def recipe(images: int, channels_last: bool) -> dict:
     }
 
 
+def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = fixed + per_x * x``."""
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    per_x = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    return mean_y - per_x * mean_x, per_x
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=int, default=192, help="training images at 1x (8x must be <= 1700)")
     parser.add_argument("--factors", default="1,2,4,8")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per size; the median is kept")
     parser.add_argument("--contiguous", action="store_true", help="no channels_last")
+    parser.add_argument("--json", type=Path, default=None, help="also write every measurement here")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -58,26 +82,47 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="kdengine-bench-scaling-"))
     factors = [int(f) for f in args.factors.split(",")]
-    print(f"machine: {machine()}")
-    print(f"ResNet18 -> MobileNetV2 0.5x (CIFAR stems, inline teacher), 32x32, batch 64, "
-          f"channels_last {not args.contiguous}\n")
-    print("| size | images | epoch s | ms / image | vs 1x per image | peak MiB | vs 1x peak |")
-    print("|------|--------|---------|------------|-----------------|----------|------------|")
-    first = None
+    load_before = load_average()
+    measured: dict[int, list[dict]] = {f: [] for f in factors}
+    for repeat in range(args.repeats):  # sizes in turn, so a change in the machine's load falls on all
+        for factor in factors:
+            images = args.base * factor
+            out = workdir / f"{images}-{repeat}.jsonl"
+            command = [sys.executable, __file__, "--worker", str(images), "--out", str(out)]
+            if args.contiguous:
+                command.append("--contiguous")
+            subprocess.run(command, check=True)
+            stage = read_stages(out)["distilled"]
+            measured[factor].append({"train_seconds": stage["train_seconds"][-1],
+                                     "eval_seconds": stage["eval_seconds"][-1],
+                                     "epoch_seconds": stage["epoch_seconds"][-1], "peak_bytes": stage["peak_bytes"]})
+
+    rows = []
     for factor in factors:
-        images = args.base * factor
-        out = workdir / f"{images}.jsonl"
-        command = [sys.executable, __file__, "--worker", str(images), "--out", str(out)]
-        if args.contiguous:
-            command.append("--contiguous")
-        subprocess.run(command, check=True)
-        stage = read_stages(out)["distilled"]
-        seconds = stage["epoch_seconds"][-1]
-        per_image = seconds / images
-        peak = stage["peak_bytes"]
-        first = first or (per_image, peak)
-        print(f"| {factor}x | {images:>6} | {seconds:>7.2f} | {per_image * 1e3:>10.2f} | "
-              f"{per_image / first[0]:>15.2f} | {peak / 2**20:>8.0f} | {(peak / first[1] - 1) * 100:>+9.1f}% |")
+        runs = measured[factor]
+        rows.append({"factor": factor, "images": args.base * factor,
+                     **{key: statistics.median(r[key] for r in runs)
+                        for key in ("train_seconds", "eval_seconds", "epoch_seconds", "peak_bytes")}})
+    fixed, per_image = line_fit([r["images"] for r in rows], [r["train_seconds"] for r in rows])
+    first = rows[0]
+    print(f"machine: {machine()}; load average {load_before} before, {load_average()} after")
+    print(f"ResNet18 -> MobileNetV2 0.5x (CIFAR stems, inline teacher), 32x32, batch 64, "
+          f"channels_last {not args.contiguous}; second epoch, median of {args.repeats} processes per size\n")
+    print("| size | images | train s | ms / image (train) | vs 1x per image | eval s | epoch s | peak MiB | vs 1x peak |")
+    print("|------|--------|---------|--------------------|-----------------|--------|---------|----------|------------|")
+    for row in rows:
+        ms = row["train_seconds"] / row["images"] * 1e3
+        ms_first = first["train_seconds"] / first["images"] * 1e3
+        print(f"| {row['factor']}x | {row['images']:>6} | {row['train_seconds']:>7.2f} | {ms:>18.2f} | "
+              f"{ms / ms_first:>15.2f} | {row['eval_seconds']:>6.2f} | {row['epoch_seconds']:>7.2f} | "
+              f"{row['peak_bytes'] / 2**20:>8.0f} | {(row['peak_bytes'] / first['peak_bytes'] - 1) * 100:>+9.1f}% |")
+    print(f"\nleast-squares line: train seconds = {fixed:.2f} + {per_image * 1e3:.2f} ms x images")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "base": args.base, "repeats": args.repeats,
+                                         "channels_last": not args.contiguous, "measured": measured, "rows": rows,
+                                         "line": {"fixed_seconds": fixed, "seconds_per_image": per_image},
+                                         "load_average": {"before": load_before, "after": load_average()}},
+                                        indent=1))
 
 
 if __name__ == "__main__":

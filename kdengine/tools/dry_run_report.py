@@ -46,8 +46,8 @@ class DryRunReport:
     loss_values: dict[str, float] = field(default_factory=dict)
     #: How the ``weight = "auto"`` terms were weighted for the batch's loss values, per pair.
     loss_weights: list[str] = field(default_factory=list)
+    #: Estimated from the models and the batch (the dry run runs on the CPU, a few rows of it).
     peak_memory_bytes: int = 0
-    memory_measured: bool = False
     #: Seconds per teacher forward on ``timing_rows`` images for each candidate setting
     #: (``teacher.precision = "auto"``).
     teacher_inference: dict[str, float] = field(default_factory=dict)
@@ -81,8 +81,8 @@ class DryRunReport:
             for setting, seconds in self.teacher_inference.items():
                 mark = "  <- fastest, used" if setting == fastest else ""
                 out.append(f"    {setting}: {seconds * 1e3:.1f} ms{mark}")
-        kind = "peak (measured)" if self.memory_measured else "estimate (weights, grads, optimizer state, saved activations)"
-        out.append(f"  training memory {kind}: {self.peak_memory_bytes / 2**20:.1f} MiB")
+        out.append("  training memory estimate (weights, grads, optimizer state, saved activations): "
+                   f"{self.peak_memory_bytes / 2**20:.1f} MiB")
         out += [f"  {cache.line()}" for cache in self.caches]
         for stage, coupled in self.micro_batch_coupled.items():
             out.append(f"  train.max_memory: {stage}: if its batch is split into micro-batches, "

@@ -211,9 +211,6 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
         flops, seconds = meter.measured[model]
         report.models.append(ModelReport(roles[0], model, count_parameters(models[name]), round(flops * scale),
                                          seconds * scale))
-    if torch.cuda.is_available() and inputs.is_cuda:
-        report.peak_memory_bytes = torch.cuda.max_memory_allocated()
-        report.memory_measured = True
     report.micro_batch_coupled = micro_batch_coupling(recipe, models)
     if recipe.teacher.cache:
         report.caches = cache_estimates(recipe, pairs, len(train_set), taught, teacher_paths)
