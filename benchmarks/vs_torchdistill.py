@@ -239,7 +239,8 @@ def worker_minimal(plan: dict) -> dict:
 
 def torchdistill_kd_config(plan: dict) -> dict:
     """torchdistill's training configuration for the plan's Hinton KD, shaped like its sample
-    configurations (``WeightedSumLoss`` of ``KDLoss``, ``SGD``), over the shared epoch order."""
+    configurations (``WeightedSumLoss`` of ``KDLoss``, ``SGD`` or, with ``plan["optimizer"] = "adamw"``,
+    ``AdamW``), over the shared epoch order."""
     kd_loss = {
         "key": "KDLoss",
         "kwargs": {"student_module_path": ".", "student_module_io": "output",
@@ -259,8 +260,10 @@ def torchdistill_kd_config(plan: dict) -> dict:
                     "frozen_modules": []},
         "student": {"forward_proc": "forward_batch_only", "adaptations": None, "sequential": [],
                     "requires_grad": True, "frozen_modules": []},
-        "optimizer": {"key": "SGD", "kwargs": {"lr": plan["lr"], "momentum": plan["momentum"],
-                                               "weight_decay": plan["weight_decay"]}},
+        "optimizer": ({"key": "AdamW", "kwargs": {"lr": plan["lr"], "weight_decay": plan["weight_decay"]}}
+                      if plan.get("optimizer") == "adamw" else
+                      {"key": "SGD", "kwargs": {"lr": plan["lr"], "momentum": plan["momentum"],
+                                                "weight_decay": plan["weight_decay"]}}),
         "criterion": {"key": "WeightedSumLoss", "kwargs": {"sub_terms": {"kd": {"criterion": kd_loss, "weight": 1.0}}}},
     }
 

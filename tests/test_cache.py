@@ -337,21 +337,48 @@ def force_teacher_setting(monkeypatch, precision: str, channels_last: bool) -> l
 
 def test_auto_precision_keys_the_cache_by_the_setting_it_chose_and_records_it(tiny_recipe, tmp_path, monkeypatch):
     recipe = classification_recipe(tiny_recipe)
-    recipe["teacher"].update(cache=True, cache_dir=str(tmp_path / "cache"), precision="auto", train={"epochs": 1})
-    folders = {}
+    recipe["teacher"].update(cache=True, precision="auto", train={"epochs": 1})
     for precision, channels_last in (("bf16", False), ("no", True)):  # two machines, two fastest settings
+        recipe["teacher"]["cache_dir"] = str(tmp_path / f"cache-{precision}")
         chosen = force_teacher_setting(monkeypatch, precision, channels_last)
         results = kdengine.run(recipe, progress=False, output_dir=tmp_path / precision)
         assert [(s.precision, s.channels_last) for s in chosen] == [(precision, channels_last)]  # measured once
         recorded = json.loads((tmp_path / precision / Path(results.run_dir).name / "results.json").read_text())
         distilled = next(s for s in recorded["stages"] if s["stage"] == "distilled")
         assert distilled["teacher_inference"] == {"precision": precision, "channels_last": channels_last}
-        new = [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and p not in folders.values()]
-        assert len(new) == 1, "the other machine's choice reused a cache made in another precision"
-        folders[precision] = new[0]
-        meta = json.loads((new[0] / "meta.json").read_text())
+        meta = json.loads((the_cache(tmp_path / f"cache-{precision}").path / "meta.json").read_text())
         assert meta["parts"]["teacher_inference"] == [precision, channels_last]
         monkeypatch.undo()
+
+
+def test_auto_precision_reads_the_cache_a_candidate_setting_already_built(tiny_recipe, tmp_path, monkeypatch):
+    """A near tie measured the other way must not build a second cache of the same teacher: the
+    built one is read, without measuring, and its setting is the one recorded."""
+    recipe = classification_recipe(tiny_recipe)
+    recipe["teacher"].update(cache=True, cache_dir=str(tmp_path / "cache"), precision="auto", train={"epochs": 1})
+    force_teacher_setting(monkeypatch, "bf16", False)
+    kdengine.run(recipe, progress=False, output_dir=tmp_path / "first")
+    monkeypatch.undo()
+    built = the_cache(tmp_path / "cache")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a second cache was built although a candidate's is complete")
+
+    chosen = force_teacher_setting(monkeypatch, "no", True)  # this run would measure otherwise
+    monkeypatch.setattr(TeacherCache, "_build_epoch", no_build)
+    other = copy.deepcopy(recipe)
+    other["student"]["params"]["width_mult"] = 0.5  # another student of the same teacher and stream
+    results = kdengine.run(other, progress=False, output_dir=tmp_path / "second")
+    assert chosen == []  # not measured
+    assert the_cache(tmp_path / "cache").path == built.path
+    assert results.stage("distilled").teacher_inference == {"precision": "bf16", "channels_last": False}
+    monkeypatch.undo()
+    # a longer student extends that cache in its setting, instead of starting another
+    chosen = force_teacher_setting(monkeypatch, "no", True)
+    longer = copy.deepcopy(recipe)
+    longer["train"]["epochs"] = 3
+    kdengine.run(longer, progress=False, output_dir=tmp_path / "third")
+    assert chosen == [] and the_cache(tmp_path / "cache").missing(3) == []
 
 
 def test_a_resumed_stage_keeps_the_teacher_setting_auto_chose(tiny_recipe, tmp_path, monkeypatch):

@@ -82,6 +82,20 @@ class Layout:
         return start, start + per
 
 
+def _key_text(parts: dict[str, Any], dtype: str) -> str:
+    return json.dumps({"format": FORMAT, "dtype": dtype, **parts}, sort_keys=True, default=str)
+
+
+def cache_key(parts: dict[str, Any], dtype: str) -> str:
+    """The folder name of the cache for ``parts`` in ``dtype``."""
+    return hashlib.sha256(_key_text(parts, dtype).encode()).hexdigest()[:24]
+
+
+def epochs_present(folder: Path, epochs: int) -> int:
+    """How many of epochs 1 to ``epochs`` a cache folder holds complete (0 for no folder)."""
+    return sum((folder / f"epoch-{e:04d}" / "done").is_file() for e in range(1, epochs + 1))
+
+
 class TeacherCache:
     """One cache folder; build missing epochs with :meth:`ensure`, read with :meth:`lookup`."""
 
@@ -102,8 +116,8 @@ class TeacherCache:
         An existing folder whose recorded key differs is refused."""
         if dtype not in STORAGE:
             raise KDEngineError(f"teacher.cache_dtype: '{dtype}' is not one of {', '.join(STORAGE)}")
-        text = json.dumps({"format": FORMAT, "dtype": dtype, **parts}, sort_keys=True, default=str)
-        key = hashlib.sha256(text.encode()).hexdigest()[:24]
+        text = _key_text(parts, dtype)
+        key = cache_key(parts, dtype)
         path = Path(root) / key
         meta = {"format": FORMAT, "key": key, "dtype": dtype, "parts": json.loads(text),
                 "sizes": list(layout.sizes), "num_processes": layout.num_processes, "shapes": None}
@@ -135,7 +149,7 @@ class TeacherCache:
         return self.path / f"epoch-{epoch:04d}"
 
     def has_epoch(self, epoch: int) -> bool:
-        return (self.epoch_dir(epoch) / "done").is_file()
+        return (self.epoch_dir(epoch) / "done").is_file()  # as epochs_present counts them
 
     def missing(self, epochs: int) -> list[int]:
         return [e for e in range(1, epochs + 1) if not self.has_epoch(e)]

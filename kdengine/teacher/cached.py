@@ -12,15 +12,15 @@ top-k storage (``teacher.cache_topk``), so a top-k cache is never read by a full
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from accelerate.utils import slice_tensors
 
 from kdengine.errors import KDEngineError, located
 from kdengine.reporting.progress import console
-from kdengine.teacher.cache import Layout, TeacherCache
-from kdengine.teacher.precision import agree, fixed_setting, teacher_runner
+from kdengine.teacher.cache import Layout, TeacherCache, cache_key, epochs_present
+from kdengine.teacher.precision import InferenceSetting, agree, candidates, fixed_setting, teacher_runner
 from kdengine.teacher.replay import BatchAugmentStream, check_replayable
 from kdengine.teacher.topk import topk_problem
 from kdengine.train.tensors import prepare_inputs, to_device
@@ -40,6 +40,15 @@ def cached_epochs(recipe: "Recipe", epochs: int) -> int:
     """How many epochs of augmented batches the cache holds for a stage of ``epochs`` epochs."""
     views = recipe.teacher.cache_views
     return min(epochs, views) if views is not None else epochs
+
+
+def built_setting(root: Path, options: list[InferenceSetting], parts_for: Callable[[InferenceSetting], dict],
+                  dtype: str, epochs: int) -> InferenceSetting | None:
+    """Of the candidate settings, the one whose cache under ``root`` holds the most of the
+    ``epochs`` the stage needs (None when no candidate has built any)."""
+    present = {option: epochs_present(Path(root) / cache_key(parts_for(option), dtype), epochs) for option in options}
+    best = max(options, key=lambda option: present[option])
+    return best if present[best] else None
 
 
 def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeacher", feature_paths: list[str],
@@ -89,13 +98,8 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
             runners.append(teacher_runner(ctx, train, source.load(), feature_paths, next(batches(1)), source.setting))
         return runners[0]
 
-    # The setting is part of the key, so "auto" is measured (by the main process, for all) first:
-    # machines that choose differently make different caches.
-    source.setting = source.setting or fixed_setting(ctx, train)
-    if source.setting is None:
-        source.setting = agree(accelerator, runner().setting if accelerator.is_main_process else None)
     fingerprint = getattr(ctx.provider, "fingerprint", None)
-    parts = {
+    stream = {
         "teacher_weights": source.weights_key(),
         "data": recipe.data.model_dump(mode="json"),
         "data_fingerprint": fingerprint() if callable(fingerprint) else None,
@@ -106,12 +110,30 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
         "mixed_precision": train.mixed_precision,
         "channels_last": train.channels_last,
         "features": feature_paths,
-        "teacher_inference": [source.setting.precision, source.setting.channels_last],
         "group_rows": recipe.teacher.cache_batch_size or train.batch_size,
     }
     if recipe.teacher.cache_topk is not None:
         # A part only when set: the full-logit caches built before top-k storage keep their keys.
-        parts["output_topk"] = recipe.teacher.cache_topk
+        stream["output_topk"] = recipe.teacher.cache_topk
+
+    def parts_for(setting: InferenceSetting) -> dict:
+        return {**stream, "teacher_inference": [setting.precision, setting.channels_last]}
+
+    epochs = cached_epochs(recipe, train.epochs)
+    # The setting is part of the key, so "auto" is settled (by the main process, for all) first:
+    # machines that choose differently make different caches. Under "auto" a cache that one of the
+    # candidates already built is read rather than measuring again: two settings time within noise
+    # of each other, and the other choice would build a second cache of the same teacher.
+    source.setting = source.setting or fixed_setting(ctx, train)
+    if source.setting is None:
+        built = None
+        if accelerator.is_main_process:
+            options = candidates(recipe.teacher.precision, recipe.teacher.channels_last, train.mixed_precision,
+                                 train.channels_last, ctx.device)
+            built = built_setting(root, options, parts_for, recipe.teacher.cache_dtype, epochs)
+            built = built or runner().setting
+        source.setting = agree(accelerator, built)
+    parts = parts_for(source.setting)
 
     def teacher():
         loader = ctx.train_loader(train)
@@ -130,7 +152,7 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
     if accelerator.is_main_process:
         with located(recipe.source, "teacher.cache"):
             cache = TeacherCache.open(root, parts, layout, recipe.teacher.cache_dtype)
-            stats = cache.ensure(cached_epochs(recipe, train.epochs), batches, teacher, feature_paths)
+            stats = cache.ensure(epochs, batches, teacher, feature_paths)
         if stats["built_epochs"] and ctx.progress:
             console.print(f"{plan.name}: teacher cache {cache.path} built ({stats['built_epochs']} epochs, "
                           f"{cache.size_bytes() / 2**20:.1f} MiB, {stats['seconds']:.1f} s)")
