@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from accelerate.utils import set_seed
 from torch import nn
@@ -27,7 +28,12 @@ from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.report import finish_run_report
 from kdengine.reporting.results import SKIPPED_LISTED, Results, StageResult
 from kdengine.reporting.tracking import RunTracking
+from kdengine.io.fingerprint import file_sha256
+from kdengine.reporting.progress import console
+from kdengine.teacher.cache import tensor_digest
+from kdengine.teacher.cached import default_cache_root
 from kdengine.teacher.given import given_teacher
+from kdengine.teacher.scores import TeacherScores, read_scores, score_parts, scores_file, write_scores
 from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.checkpointing import checkpointed_modules
@@ -91,19 +97,35 @@ class StageWeights:
         return {plan.name: self.model(plan.name) for plan in plans}
 
 
-def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, teacher: nn.Module) -> StageResult:
+def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, load: Callable[[], nn.Module]) -> StageResult:
     """A teacher the run does not train (a checkpoint, or as its factory delivers it) is
-    evaluated once on the monitor split and once on test."""
+    evaluated once on the monitor split and once on test; with the teacher-output cache, once per
+    data and evaluation settings across runs (:mod:`kdengine.teacher.scores`)."""
     ctx.accelerator.use_precision(plan.train.mixed_precision)
+    recipe, checkpoint = ctx.recipe, plan.spec.checkpoint
+    teacher = None if checkpoint is not None else load()  # a teacher without a file is keyed by its weights
+    memo = None
+    if recipe.teacher.cache:
+        weights_key = file_sha256(Path(checkpoint)) if checkpoint is not None else tensor_digest(teacher)
+        memo = scores_file(default_cache_root(recipe, ctx.folder.path.parent), score_parts(ctx, plan, weights_key))
+    stored = read_scores(memo) if memo is not None else None
+    if stored is not None:
+        monitored, tested, params = stored.monitored, stored.test, stored.params
+        if ctx.progress and ctx.accelerator.is_main_process:
+            console.print(f"teacher: val and test scores read from {memo} (an earlier run evaluated these weights)")
+    else:
+        teacher = teacher if teacher is not None else load()
 
-    def score(data):
-        return ctx.scorer(teacher, ctx.accelerator.prepare_data_loader(ctx.eval_loader(data, plan.train)),
-                          plan.train.channels_last)
+        def score(data):
+            return ctx.scorer(teacher, ctx.accelerator.prepare_data_loader(ctx.eval_loader(data, plan.train)),
+                              plan.train.channels_last)
 
-    monitored = score(ctx.monitor_set)
-    tested = monitored if ctx.recipe.train.monitor_split == "test" else score(ctx.test_set)
-    checkpoint = plan.spec.checkpoint
-    return StageResult(stage="teacher", model=describe(plan.spec), params=count_parameters(teacher), trained=False,
+        monitored = score(ctx.monitor_set)
+        tested = monitored if recipe.train.monitor_split == "test" else score(ctx.test_set)
+        params = count_parameters(teacher)
+        if memo is not None and ctx.accelerator.is_main_process:
+            write_scores(memo, TeacherScores(monitored, tested, params), describe(plan.spec))
+    return StageResult(stage="teacher", model=describe(plan.spec), params=params, trained=False,
                        origin="checkpoint" if checkpoint is not None else "pretrained",
                        best=monitored, last=monitored, test_best=tested, test_last=tested,
                        checkpoint=str(checkpoint) if checkpoint is not None else None, generation=plan.generation)
@@ -167,7 +189,7 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
         elif plan.name == "teacher" and shared_teacher is not None:
             result = shared_teacher
         elif plan.name == "teacher" and weights.given:
-            result = evaluate_given_teacher(ctx, plan, weights.model("teacher"))
+            result = evaluate_given_teacher(ctx, plan, lambda: weights.model("teacher"))
         else:
             state = None
             if resume_dir is not None:
