@@ -109,7 +109,7 @@ def test_points_share_one_teacher_and_one_cache(swept):
     assert Path(swept.result.teacher.checkpoint) == weights
     assert not Results.load(second / "results.json").stage("teacher").trained
     # One epoch of teacher outputs, built once by the first point, in the sweep's own cache folder.
-    caches = list((swept.root / "teacher-cache").iterdir())
+    caches = [p for p in (swept.root / "teacher-cache").iterdir() if p.is_dir()]  # scores are files
     assert len(caches) == 1 and len(swept.builds) == 1 and swept.builds[0][0].resolve() == caches[0].resolve()
     assert Path(later["cache_dir"]) == (swept.root / "teacher-cache").resolve()
 

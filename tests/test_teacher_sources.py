@@ -124,10 +124,12 @@ def test_cache_of_a_delivered_teacher_is_keyed_by_its_weights(third_party, recip
     built = kdengine.cache_teacher(recipe, progress=False, output_dir=tmp_path)  # before any student trains
     assert len(built) == 1 and built[0].missing(recipe["train"]["epochs"]) == []
     kdengine.run(recipe, output_dir=tmp_path, progress=False)  # the same weights: the same cache
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [built[0].path.name]
+    caches = lambda: [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()]  # noqa: E731 (scores are files)
+    assert caches() == [built[0].path.name]
     recipe["teacher"]["params"]["release"] = 2  # other bundled weights: another cache
     kdengine.run(recipe, output_dir=tmp_path, progress=False)
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(caches()) == 2
+    assert len(list((tmp_path / "cache").glob("scores-*.json"))) == 2  # and their own scores
 
 
 # ------------------------------------------------------------------------ fine-tuning
