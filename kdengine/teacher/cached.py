@@ -20,7 +20,7 @@ from accelerate.utils import slice_tensors
 from kdengine.errors import KDEngineError, located
 from kdengine.reporting.progress import console
 from kdengine.teacher.cache import Layout, TeacherCache, cache_key, epochs_present
-from kdengine.teacher.precision import InferenceSetting, agree, candidates, fixed_setting, teacher_runner
+from kdengine.teacher.precision import InferenceSetting, agree, fixed_setting, stage_candidates, teacher_runner
 from kdengine.teacher.replay import BatchAugmentStream, check_replayable
 from kdengine.teacher.topk import topk_problem
 from kdengine.train.tensors import prepare_inputs, to_device
@@ -128,9 +128,7 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
     if source.setting is None:
         built = None
         if accelerator.is_main_process:
-            options = candidates(recipe.teacher.precision, recipe.teacher.channels_last, train.mixed_precision,
-                                 train.channels_last, ctx.device)
-            built = built_setting(root, options, parts_for, recipe.teacher.cache_dtype, epochs)
+            built = built_setting(root, stage_candidates(ctx, train), parts_for, recipe.teacher.cache_dtype, epochs)
             built = built or runner().setting
         source.setting = agree(accelerator, built)
     parts = parts_for(source.setting)

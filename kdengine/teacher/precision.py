@@ -122,10 +122,15 @@ def choose(runner: TeacherRunner, options: list[InferenceSetting], inputs: torch
     return timings
 
 
+def stage_candidates(ctx: "RunContext", train: "TrainSpec") -> list[InferenceSetting]:
+    """The settings ``[teacher] precision / channels_last`` allow for a stage trained under ``train``."""
+    spec = ctx.recipe.teacher
+    return candidates(spec.precision, spec.channels_last, train.mixed_precision, train.channels_last, ctx.device)
+
+
 def fixed_setting(ctx: "RunContext", train: "TrainSpec") -> InferenceSetting | None:
     """The setting ``[teacher] precision / channels_last`` names, or None when it is measured ("auto")."""
-    spec = ctx.recipe.teacher
-    options = candidates(spec.precision, spec.channels_last, train.mixed_precision, train.channels_last, ctx.device)
+    options = stage_candidates(ctx, train)
     return options[0] if len(options) == 1 else None
 
 
