@@ -133,7 +133,7 @@ def cache_teacher(recipe: RecipeSource, *, overrides: list[str] | tuple = (), pr
     channels_last = recipe.teacher_train().channels_last
     checkpoint = Path(recipe.teacher.checkpoint) if recipe.teacher.checkpoint is not None else None
     source = CachedTeacher(checkpoint, lambda: ready_to_teach(given_teacher(recipe, factory, info), accelerator,
-                                                              channels_last))
+                                                              channels_last), "teacher", recipe.teacher)
     _, terms, _ = build_loss_terms(recipe, with_teacher=True)
     _, teacher_paths = tap_paths(terms)
     caches = []

@@ -99,10 +99,11 @@ def test_a_top_k_cache_trains_and_is_never_served_to_a_full_logit_run(tiny_recip
 def test_a_cache_keeps_classes_in_the_smallest_integer_type_and_reads_them_back(tmp_path, classes, dtype,
                                                                                cache_dtype):
     from kdengine.teacher.cache import Layout, TeacherCache
+    from kdengine.teacher.keys import CacheKey
 
     assert topk.class_dtype(classes) is dtype
     logits = torch.randn(6, classes, generator=torch.Generator().manual_seed(0)) * 4
-    cache = TeacherCache.open(tmp_path, {"output_topk": 3}, Layout((4, 2), 1), cache_dtype)
+    cache = TeacherCache.open(tmp_path, CacheKey({"output_topk": 3}), Layout((4, 2), 1), cache_dtype)
     steps = [logits[:4], logits[4:]]
     cache.ensure(1, lambda epoch: iter(steps), lambda: (lambda x: (x, {})), [])
     assert torch.from_numpy(cache._arrays(1)[topk.CLASSES][:]).dtype is dtype

@@ -63,7 +63,7 @@ def skip_or_raise(plugin: str, reason: str) -> None:
     warnings.warn(message, PluginWarning, stacklevel=3)
 
 
-def _kdengine_version() -> str:
+def kdengine_version() -> str:
     try:
         return version("kdengine")
     except Exception:  # running from a source tree that is not installed
@@ -86,7 +86,7 @@ def create_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, PluginSourc
     pm.add_hookspecs(hookspecs)
     sources: dict[str, PluginSource] = {}
     disabled = _disabled()
-    kd_version = _kdengine_version()
+    kd_version = kdengine_version()
 
     for name, module_name in BUILTIN_PLUGINS.items():
         if name in disabled:

@@ -17,9 +17,10 @@ Rows follow the student's batches: step ``s`` of an epoch covers rows ``offsets[
 ``offsets[s + 1]``; under several processes each process reads its contiguous share of the step.
 The student's data order and augmentation are pure functions of (seed, epoch, sample, step,
 process) (:mod:`kdengine.teacher.replay`): the cache is built by drawing the same stream, so the cached
-outputs match the batches the student sees. The key hashes the teacher's weights, the data, the
-augmentation settings, the seed, the batch layout and the precision; a different key is a different
-folder, and several students (with the same data stream) reuse one cache. Epochs are written one
+outputs match the batches the student sees. The key (:mod:`kdengine.teacher.keys`) holds everything
+that fixes those outputs, the batch layout and storage dtype included; a different key is a
+different folder, an existing folder is compared with the key in full, and several students (with
+the same data stream) reuse one cache. Epochs are written one
 at a time to a temporary folder and renamed into place: an interrupted build leaves no half epoch.
 """
 
@@ -42,8 +43,10 @@ from torch import nn
 from kdengine.io.atomic import atomic_write_text
 from kdengine.errors import KDEngineError
 from kdengine.teacher import topk
+from kdengine.teacher.keys import CacheKey
 
-FORMAT = 1
+#: The layout of a cache folder (the key's own format is :data:`kdengine.teacher.keys.FORMAT`).
+FORMAT = 2
 STORAGE = {"float16": (torch.float16, np.float16), "bfloat16": (torch.bfloat16, np.int16),
            "float32": (torch.float32, np.float32)}
 
@@ -82,13 +85,15 @@ class Layout:
         return start, start + per
 
 
-def _key_text(parts: dict[str, Any], dtype: str) -> str:
-    return json.dumps({"format": FORMAT, "dtype": dtype, **parts}, sort_keys=True, default=str)
+def stored_key(key: CacheKey, layout: Layout, dtype: str) -> CacheKey:
+    """The whole key of a cache folder: what fixes the teacher's outputs (``key``), and how they
+    are stored (``dtype``) and laid out over the steps and processes of an epoch."""
+    return key.with_parts(dtype=dtype, layout={"sizes": list(layout.sizes), "num_processes": layout.num_processes})
 
 
-def cache_key(parts: dict[str, Any], dtype: str) -> str:
-    """The folder name of the cache for ``parts`` in ``dtype``."""
-    return hashlib.sha256(_key_text(parts, dtype).encode()).hexdigest()[:24]
+def cache_folder(root: Path, key: CacheKey, layout: Layout, dtype: str) -> Path:
+    """Where the cache for ``key``, laid out as ``layout`` and stored in ``dtype``, lives under ``root``."""
+    return Path(root) / stored_key(key, layout, dtype).digest()
 
 
 def epochs_present(folder: Path, epochs: int) -> int:
@@ -111,15 +116,15 @@ class TeacherCache:
     # -- opening
 
     @classmethod
-    def open(cls, root: Path, parts: dict[str, Any], layout: Layout, dtype: str) -> "TeacherCache":
-        """The cache for ``parts`` (what the key is made of) under ``root``, created empty if new.
-        An existing folder whose recorded key differs is refused."""
+    def open(cls, root: Path, key: CacheKey, layout: Layout, dtype: str) -> "TeacherCache":
+        """The cache for ``key`` (what fixes the outputs) under ``root``, created empty if new.
+        An existing folder is compared with the key in every part, its layout and dtype
+        included, and refused when any differs."""
         if dtype not in STORAGE:
             raise KDEngineError(f"teacher.cache_dtype: '{dtype}' is not one of {', '.join(STORAGE)}")
-        text = _key_text(parts, dtype)
-        key = cache_key(parts, dtype)
-        path = Path(root) / key
-        meta = {"format": FORMAT, "key": key, "dtype": dtype, "parts": json.loads(text),
+        full = stored_key(key, layout, dtype)
+        path = Path(root) / full.digest()
+        meta = {"format": FORMAT, "key": full.digest(), "dtype": dtype, "parts": full.recorded(),
                 "sizes": list(layout.sizes), "num_processes": layout.num_processes, "shapes": None}
         meta_file = path / "meta.json"
         try:
@@ -131,10 +136,12 @@ class TeacherCache:
                 recorded = json.loads(meta_file.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 raise KDEngineError(f"{meta_file}: unreadable teacher cache ({exc}); delete the folder to rebuild it") from None
-            if recorded.get("key") != key or recorded.get("parts") != meta["parts"]:
+            differs = full.difference(recorded.get("parts", {}))
+            differs += [f for f in ("format", "key", "dtype", "sizes", "num_processes") if recorded.get(f) != meta[f]]
+            if differs:
                 raise KDEngineError(
-                    f"{meta_file}: this teacher cache was made for other settings "
-                    f"({describe_difference(recorded.get('parts', {}), meta['parts'])}); delete the folder to rebuild it"
+                    f"{meta_file}: this teacher cache was made for other settings (differs in "
+                    f"{', '.join(dict.fromkeys(differs))}); delete the folder to rebuild it"
                 )
             meta = recorded
         else:
@@ -160,8 +167,10 @@ class TeacherCache:
     # -- building
 
     def ensure(self, epochs: int, batches: Callable[[int], Any], teacher: Callable[[], Callable],
-               feature_paths: list[str], log: Callable[[str], None] = lambda _: None) -> dict[str, float]:
-        """Build every missing epoch up to ``epochs``.
+               feature_paths: list[str], group_rows: int = 0,
+               log: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+        """Build every missing epoch up to ``epochs``, running the teacher on ``group_rows`` rows
+        at a time (consecutive steps joined; 0: one step at a time).
 
         ``batches(epoch)`` yields, for each step, the augmented input rows of that step (already
         concatenated over processes); ``teacher()`` returns a function mapping an input batch to
@@ -175,7 +184,7 @@ class TeacherCache:
         started = time.perf_counter()
         forward = teacher()
         for epoch in todo:
-            self._build_epoch(epoch, batches(epoch), forward, feature_paths)
+            self._build_epoch(epoch, grouped(batches(epoch), group_rows), forward, feature_paths)
             log(f"teacher cache {self.key}: epoch {epoch} written")
         stats["seconds"] = time.perf_counter() - started
         return stats
@@ -187,7 +196,7 @@ class TeacherCache:
         try:
             arrays: dict[str, np.ndarray] = {}
             row = 0
-            for inputs in self._grouped(batches):
+            for inputs in batches:
                 output, features = forward(inputs)
                 if not isinstance(output, torch.Tensor):
                     raise KDEngineError(
@@ -224,21 +233,6 @@ class TeacherCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-
-    def _grouped(self, batches):
-        """Consecutive steps' inputs concatenated up to ``group_rows`` rows: the teacher runs at
-        the batch size that suits inference, whatever the student's."""
-        group = self.meta["parts"].get("group_rows") or 0
-        pending: list[torch.Tensor] = []
-        rows = 0
-        for inputs in batches:
-            pending.append(inputs)
-            rows += inputs.shape[0]
-            if rows >= group:
-                yield pending[0] if len(pending) == 1 else torch.cat(pending)
-                pending, rows = [], 0
-        if pending:
-            yield pending[0] if len(pending) == 1 else torch.cat(pending)
 
     def _record_shapes(self, values: dict[str, torch.Tensor]) -> None:
         shapes = {name: list(value.shape[1:]) for name, value in values.items()}
@@ -303,6 +297,22 @@ class TeacherCache:
         return output, {p: read(f"feat-{i}") for i, p in enumerate(feature_paths)}
 
 
+def grouped(batches, group: int):
+    """Consecutive steps' inputs concatenated up to ``group`` rows: the teacher runs at the batch
+    size that suits inference, whatever the student's (the outputs are the same: the teacher is
+    in eval mode)."""
+    pending: list[torch.Tensor] = []
+    rows = 0
+    for inputs in batches:
+        pending.append(inputs)
+        rows += inputs.shape[0]
+        if rows >= group:
+            yield pending[0] if len(pending) == 1 else torch.cat(pending)
+            pending, rows = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else torch.cat(pending)
+
+
 def non_finite_problem(value: torch.Tensor, name: str, epoch: int, dtype: str) -> str:
     """Why a teacher value cannot be cached: the teacher itself gives NaN or inf, or its values
     are finite but beyond what ``teacher.cache_dtype`` can hold (float16 stops at 65504)."""
@@ -345,11 +355,6 @@ def predicted_bytes(values: dict[str, torch.Tensor], rows: int, epochs: int, dty
         kind = storage if value.is_floating_point() else value.cpu()[:0].numpy().dtype
         per_epoch += npy_bytes((rows, *value.shape[1:]), kind)
     return epochs * per_epoch
-
-
-def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "differs in " + ", ".join(changed) if changed else "unknown difference"
 
 
 def warn_not_replayable(problem: str, dataset: str) -> None:

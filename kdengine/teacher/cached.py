@@ -2,11 +2,13 @@
 :mod:`kdengine.teacher.cache`).
 
 The cache is keyed by everything that changes the teacher's outputs on the student's batches:
-the teacher's weights (its file's hash, or its state dict's for a teacher as its factory
-delivers it), the data and its fingerprint, the seed (which fixes the data order and
-every augmentation draw), the batch layout over processes, the precision and memory format the
-teacher runs in (the one measured under ``teacher.precision = "auto"``, not the word "auto"), and
-top-k storage (``teacher.cache_topk``), so a top-k cache is never read by a full-logit run.
+the teacher (:func:`kdengine.teacher.keys.teacher_key`: its weights' hash, the factory and params
+that build it, the code versions, the data and its fingerprint), the seed (which fixes the data
+order and every augmentation draw), the rows of every step over the processes, the tapped
+features, the precision and memory format the teacher runs in (the one measured under
+``teacher.precision = "auto"``, not the word "auto"), and top-k storage (``teacher.cache_topk``),
+so a top-k cache is never read by a full-logit run. The student's own precision and the rows a
+build groups per teacher pass change no output and are not keyed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from accelerate.utils import slice_tensors
 
 from kdengine.errors import KDEngineError, located
 from kdengine.reporting.progress import console
-from kdengine.teacher.cache import Layout, TeacherCache, cache_key, epochs_present
+from kdengine.teacher.cache import Layout, TeacherCache, cache_folder, epochs_present
+from kdengine.teacher.keys import CacheKey, teacher_key
 from kdengine.teacher.precision import InferenceSetting, agree, fixed_setting, stage_candidates, teacher_runner
 from kdengine.teacher.replay import BatchAugmentStream, check_replayable
 from kdengine.teacher.topk import topk_problem
@@ -42,11 +45,11 @@ def cached_epochs(recipe: "Recipe", epochs: int) -> int:
     return min(epochs, views) if views is not None else epochs
 
 
-def built_setting(root: Path, options: list[InferenceSetting], parts_for: Callable[[InferenceSetting], dict],
-                  dtype: str, epochs: int) -> InferenceSetting | None:
+def built_setting(root: Path, options: list[InferenceSetting], key_for: Callable[[InferenceSetting], CacheKey],
+                  layout: Layout, dtype: str, epochs: int) -> InferenceSetting | None:
     """Of the candidate settings, the one whose cache under ``root`` holds the most of the
     ``epochs`` the stage needs (None when no candidate has built any)."""
-    present = {option: epochs_present(Path(root) / cache_key(parts_for(option), dtype), epochs) for option in options}
+    present = {option: epochs_present(cache_folder(root, key_for(option), layout, dtype), epochs) for option in options}
     best = max(options, key=lambda option: present[option])
     return best if present[best] else None
 
@@ -98,26 +101,14 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
             runners.append(teacher_runner(ctx, train, source.load(), feature_paths, next(batches(1)), source.setting))
         return runners[0]
 
-    fingerprint = getattr(ctx.provider, "fingerprint", None)
-    stream = {
-        "teacher_weights": source.weights_key(),
-        "data": recipe.data.model_dump(mode="json"),
-        "data_fingerprint": fingerprint() if callable(fingerprint) else None,
-        "train_rows": rows,
-        "seed": ctx.seed,
-        "batch_size": train.batch_size,
-        "num_processes": processes,
-        "mixed_precision": train.mixed_precision,
-        "channels_last": train.channels_last,
-        "features": feature_paths,
-        "group_rows": recipe.teacher.cache_batch_size or train.batch_size,
-    }
-    if recipe.teacher.cache_topk is not None:
-        # A part only when set: the full-logit caches built before top-k storage keep their keys.
-        stream["output_topk"] = recipe.teacher.cache_topk
+    # The rows of every step are keyed with the layout (``stored_key``): a cache built for fewer
+    # steps per epoch is another cache, never one read past its end.
+    stream = teacher_key(ctx, source.kind, source.spec, source.weights_key()).with_parts(
+        train_rows=rows, seed=ctx.seed, batch_size=train.batch_size, features=feature_paths,
+        output_topk=recipe.teacher.cache_topk)
 
-    def parts_for(setting: InferenceSetting) -> dict:
-        return {**stream, "teacher_inference": [setting.precision, setting.channels_last]}
+    def key_for(setting: InferenceSetting) -> CacheKey:
+        return stream.with_parts(teacher_inference=[setting.precision, setting.channels_last])
 
     epochs = cached_epochs(recipe, train.epochs)
     # The setting is part of the key, so "auto" is settled (by the main process, for all) first:
@@ -128,10 +119,11 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
     if source.setting is None:
         built = None
         if accelerator.is_main_process:
-            built = built_setting(root, stage_candidates(ctx, train), parts_for, recipe.teacher.cache_dtype, epochs)
+            built = built_setting(root, stage_candidates(ctx, train), key_for, layout, recipe.teacher.cache_dtype,
+                                  epochs)
             built = built or runner().setting
         source.setting = agree(accelerator, built)
-    parts = parts_for(source.setting)
+    key = key_for(source.setting)
 
     def teacher():
         loader = ctx.train_loader(train)
@@ -149,12 +141,13 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
     cache = None
     if accelerator.is_main_process:
         with located(recipe.source, "teacher.cache"):
-            cache = TeacherCache.open(root, parts, layout, recipe.teacher.cache_dtype)
-            stats = cache.ensure(epochs, batches, teacher, feature_paths)
+            cache = TeacherCache.open(root, key, layout, recipe.teacher.cache_dtype)
+            stats = cache.ensure(epochs, batches, teacher, feature_paths,
+                                 group_rows=recipe.teacher.cache_batch_size or train.batch_size)
         if stats["built_epochs"] and ctx.progress:
             console.print(f"{plan.name}: teacher cache {cache.path} built ({stats['built_epochs']} epochs, "
                           f"{cache.size_bytes() / 2**20:.1f} MiB, {stats['seconds']:.1f} s)")
     accelerator.wait_for_everyone()
     if cache is None:
-        cache = TeacherCache.open(root, parts, layout, recipe.teacher.cache_dtype)
+        cache = TeacherCache.open(root, key, layout, recipe.teacher.cache_dtype)
     return cache

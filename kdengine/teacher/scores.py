@@ -11,15 +11,13 @@ from its cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from kdengine.io.atomic import atomic_write_text
+from kdengine.teacher.keys import CacheKey, teacher_key
 
 if TYPE_CHECKING:
     from kdengine.recipe.stages import StagePlan
@@ -28,26 +26,21 @@ if TYPE_CHECKING:
 FORMAT = 1
 
 
-def score_parts(ctx: "RunContext", plan: "StagePlan", weights_key: str) -> dict[str, Any]:
-    """What fixes a given teacher's scores in a run: its weights (``weights_key``), the data, the
-    metrics and how it is evaluated."""
+def score_key(ctx: "RunContext", plan: "StagePlan", weights_key: str) -> CacheKey:
+    """What fixes a given teacher's scores in a run: the teacher and its data (with the code
+    versions of the metrics' plugins too), the metrics and how it is evaluated."""
     recipe, train = ctx.recipe, plan.train
-    fingerprint = getattr(ctx.provider, "fingerprint", None)
-    return {
-        "teacher_weights": weights_key,
-        "data": recipe.data.model_dump(mode="json"),
-        "data_fingerprint": fingerprint() if callable(fingerprint) else None,
-        "metrics": [metric.model_dump(mode="json") for metric in recipe.metric],
-        "monitor_split": recipe.train.monitor_split,
-        "precision": train.mixed_precision, "channels_last": train.channels_last,
-        "eval_batch_size": train.eval_batch_size, "num_processes": ctx.accelerator.num_processes,
-    }
+    metrics = [("metric", metric.name) for metric in recipe.metric]
+    return teacher_key(ctx, plan.role, plan.spec, weights_key, metrics).with_parts(
+        metrics=[metric.model_dump(mode="json") for metric in recipe.metric],
+        monitor_split=recipe.train.monitor_split, precision=train.mixed_precision,
+        channels_last=train.channels_last, eval_batch_size=train.eval_batch_size,
+        num_processes=ctx.accelerator.num_processes)
 
 
-def scores_file(root: Path, parts: dict[str, Any]) -> Path:
-    """Where the scores for ``parts`` (what fixes them) live under the cache root ``root``."""
-    text = json.dumps({"format": FORMAT, "torch": torch.__version__, **parts}, sort_keys=True, default=str)
-    return Path(root) / f"scores-{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
+def scores_file(root: Path, key: CacheKey) -> Path:
+    """Where the scores for ``key`` live under the cache root ``root``."""
+    return Path(root) / f"scores-{key.with_parts(scores_format=FORMAT).digest()}.json"
 
 
 @dataclass

@@ -28,6 +28,7 @@ from kdengine.teacher.cached import default_cache_root, open_teacher_cache
 from kdengine.teacher.precision import InferenceSetting, TeacherRunner, agree, teacher_runner
 
 if TYPE_CHECKING:
+    from kdengine.recipe import ComponentSpec
     from kdengine.recipe.stages import StagePlan
     from kdengine.train.context import RunContext
 
@@ -96,10 +97,13 @@ class CachedTeacher(TeacherSource):
     """Outputs read from the teacher-output cache; the teacher itself (``load()``) is only loaded
     when the cache is missing epochs, or to key a teacher that has no weights file."""
 
-    def __init__(self, weights_file: Path | None, load: Callable[[], nn.Module]):
+    def __init__(self, weights_file: Path | None, load: Callable[[], nn.Module], kind: str, spec: "ComponentSpec"):
         #: The teacher's weights file (a trained stage's, a checkpoint), or None for a teacher as
         #: its factory delivers it.
         self.weights_file = Path(weights_file) if weights_file is not None else None
+        #: The component that builds the teaching model ("teacher", or "student" for a generation
+        #: that teaches the next) and its recipe entry: both are part of the cache's key.
+        self.kind, self.spec = kind, spec
         self._load = load
         self._model: nn.Module | None = None
         self.cache = None

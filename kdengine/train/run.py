@@ -33,7 +33,7 @@ from kdengine.reporting.progress import console
 from kdengine.teacher.cache import tensor_digest
 from kdengine.teacher.cached import default_cache_root
 from kdengine.teacher.given import given_teacher
-from kdengine.teacher.scores import TeacherScores, read_scores, score_parts, scores_file, write_scores
+from kdengine.teacher.scores import TeacherScores, read_scores, score_key, scores_file, write_scores
 from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.checkpointing import checkpointed_modules
@@ -58,7 +58,10 @@ class StageWeights:
         self.given = given is not None
         self.checkpoint = Path(ctx.recipe.teacher.checkpoint) if ctx.recipe.teacher.checkpoint is not None else None
         self.keep = not ctx.recipe.teacher.cache
-        self.trains = {plan.name: plan.train for plan in plan_stages(ctx.recipe)}
+        plans = plan_stages(ctx.recipe)
+        self.trains = {plan.name: plan.train for plan in plans}
+        #: What builds each stage's model: the teaching model's part of a teacher cache's key.
+        self.builders = {plan.name: (plan.role, plan.spec) for plan in plans}
         self.loaded: dict[str, nn.Module] = {}
         if given is not None and self.keep:
             self.loaded["teacher"] = self._ready(given, "teacher")
@@ -90,7 +93,8 @@ class StageWeights:
             return NoTeacher()
         which = "best" if plan.teacher == "teacher" and self.given else plan.weights
         if self.ctx.recipe.teacher.cache:
-            return CachedTeacher(self.file(plan.teacher, which), lambda: self.model(plan.teacher, which))
+            return CachedTeacher(self.file(plan.teacher, which), lambda: self.model(plan.teacher, which),
+                                 *self.builders[plan.teacher])
         return InlineTeacher(self.model(plan.teacher, which))
 
     def all_best(self, plans: list[StagePlan]) -> dict[str, nn.Module]:
@@ -107,7 +111,7 @@ def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, load: Callable[[], 
     memo = None
     if recipe.teacher.cache:
         weights_key = file_sha256(Path(checkpoint)) if checkpoint is not None else tensor_digest(teacher)
-        memo = scores_file(default_cache_root(recipe, ctx.folder.path.parent), score_parts(ctx, plan, weights_key))
+        memo = scores_file(default_cache_root(recipe, ctx.folder.path.parent), score_key(ctx, plan, weights_key))
     stored = read_scores(memo) if memo is not None else None
     if stored is not None:
         monitored, tested, params = stored.monitored, stored.test, stored.params
