@@ -41,6 +41,15 @@ def test_third_party_plugin_is_listed_and_namespaced(third_party, capsys):
     assert "toy.mlp" in out and "toy.logit_mse" in out
 
 
+def test_details_give_each_loss_term_its_method_and_paper(capsys):
+    assert main(["plugins", "--details"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    dkd = next(line for line in lines if line.strip().startswith("dkd "))
+    assert "Zhao et al., CVPR 2022" in dkd
+    torchvision = next(line for line in lines if line.strip().startswith("torchvision "))
+    assert "where the architecture has one" in torchvision  # a first sentence wrapped over lines is joined
+
+
 def test_third_party_component_usable_from_a_recipe(third_party, tiny_recipe, tmp_path):
     import kdengine
 

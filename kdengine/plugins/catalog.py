@@ -45,7 +45,8 @@ class Entry:
     @property
     def summary(self) -> str:
         text = getattr(self.cls, "summary", "") or (self.cls.__doc__ or "").strip()
-        return text.splitlines()[0] if text else ""
+        paragraph = text.split("\n\n")[0]  # a first sentence may wrap over several lines
+        return " ".join(line.strip() for line in paragraph.splitlines())
 
 
 @dataclass
