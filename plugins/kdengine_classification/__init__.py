@@ -28,6 +28,9 @@ def register_students(register):
 @hookimpl
 def register_loss_terms(register):
     from kdengine_classification.kd_methods import DIST, AttentionTransfer, ContrastiveRepresentation, FitNets
+    from kdengine_classification.kd_methods.feature_methods import FEATURE_METHODS
+    from kdengine_classification.kd_methods.logit_methods import LOGIT_METHODS
+    from kdengine_classification.kd_methods.relation_methods import RELATION_METHODS
 
     register("kl_div", KLDivergence)
     register("cross_entropy", CrossEntropy)
@@ -35,6 +38,8 @@ def register_loss_terms(register):
     register("attention_transfer", AttentionTransfer)
     register("dist", DIST)
     register("crd", ContrastiveRepresentation)
+    for name, term in {**LOGIT_METHODS, **FEATURE_METHODS, **RELATION_METHODS}.items():
+        register(name, term)
 
 
 @hookimpl
