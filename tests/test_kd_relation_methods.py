@@ -19,6 +19,7 @@ from kdengine_classification.kd_methods.relation_methods import RELATION_METHODS
 from kdengine_classification.kd_methods.rkd import RelationalKD, rkd_parts
 from kdengine_classification.kd_methods.sp import SimilarityPreserving
 from kdengine_classification.models import TorchvisionModel
+from method_runs import distil_once
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -384,16 +385,7 @@ RUN_LOSSES = {**MODEL_CASES, "pkt": {"student_layer": "features.18", "teacher_la
 
 @pytest.mark.parametrize("name", list(RUN_LOSSES))
 def test_tiny_run_with_each_method(name, tiny_recipe, tmp_path):
-    import kdengine
-
-    tiny_recipe["run"]["name"] = f"kd-{name}"
-    tiny_recipe["data"]["params"].update(train_size=64, val_size=48, test_size=48)
-    tiny_recipe["train"]["baseline"] = False
-    tiny_recipe["teacher"]["params"]["width_mult"] = 0.5
-    tiny_recipe["loss"] = [{"name": name, "weight": 0.5, "params": RUN_LOSSES[name]},
-                           {"name": "cross_entropy", "weight": 0.5}]
-    results = kdengine.run(tiny_recipe, output_dir=tmp_path, progress=False)
-    distilled = results.stage("distilled")
+    distilled = distil_once(tiny_recipe, tmp_path, name, RUN_LOSSES[name], teacher_width=0.5)
     losses = distilled.history[0].losses
     assert name in losses and math.isfinite(losses[name]) and losses[name] > 0
     assert 0.0 <= distilled.best["top1"] <= 1.0
