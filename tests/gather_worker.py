@@ -15,7 +15,7 @@ from torchmetrics import Metric as TMMetric
 
 from kdengine.plugins.catalog import get_catalog
 from kdengine.recipe import ComponentSpec
-from kdengine.train.accelerator import make_accelerator
+from kdengine.train.accelerator import close_process_group, make_accelerator
 from kdengine.train.evaluate import Scorer
 from kdengine_superres.data import FullImageDataset, SRParams, SRProvider
 
@@ -71,3 +71,4 @@ if __name__ == "__main__":
     if PartialState().is_main_process:
         with open(sys.argv[1], "w") as handle:
             json.dump({str(k): v for k, v in result.items()}, handle)
+    close_process_group()

@@ -314,6 +314,19 @@ LOSS_PARAMS = {
     "attention_transfer": {"pairs": [["features.2", "features.2"]]},
     "dist": {},
     "crd": {"student_layer": "classifier.0", "teacher_layer": "classifier.0", "feature_dim": 8},
+    "dkd": {"temperature": 4.0, "standardize": True},
+    "mlkd": {"temperatures": [2.0, 4.0]},
+    "ctkd": {"ramp_steps": 10},
+    "nkd": {},
+    "vid": {"pairs": [["features.2", "features.2"]], "mid_channels": 8},
+    "ofd": {"pairs": [["features.4", "features.4"]]},
+    "ft": {"student_layer": "features.4", "teacher_layer": "features.4"},
+    "reviewkd": {"student_layers": ["features.2", "features.4"], "teacher_layers": ["features.2", "features.4"],
+                 "mid_channels": 8, "levels": [2, 1]},
+    "rkd": {},
+    "pkt": {"student_layer": "classifier.0", "teacher_layer": "classifier.0"},
+    "sp": {"pairs": [["features.4", "features.4"]]},
+    "nst": {"student_layer": "features.2", "teacher_layer": "features.2"},
 }
 
 

@@ -41,6 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_processes()
+
+
+def _leave_processes() -> None:
+    """Close a multi-process run's process group, if the command opened one (imported here only
+    when torch is already loaded, so ``kdengine --help`` stays fast)."""
+    if "torch.distributed" in sys.modules:
+        from kdengine.train.accelerator import close_process_group
+
+        close_process_group()
 
 
 if __name__ == "__main__":

@@ -25,3 +25,18 @@ def make_accelerator(mixed_precision: str, log_with: list[str] | tuple = ()) -> 
     return StagePrecisionAccelerator(mixed_precision=mixed_precision,
                                      dataloader_config=DataLoaderConfiguration(split_batches=True),
                                      **accelerator_options(log_with))
+
+
+def close_process_group() -> None:
+    """Leave the process group this process joined, if any.
+
+    Called once when a command ends. A gloo or NCCL group left open at interpreter exit tears
+    down its worker threads in an arbitrary order, and the process may abort ("terminate called
+    without an active exception") after its work is done and written, so the launcher reports a
+    failure for a run that succeeded. Everyone waits first so no process leaves a peer mid-call.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
