@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     import kdengine
 
     monitor = base["train"].get("monitor", "top1")
-    for method in methods:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: an interrupted benchmark still compares every method on its first seeds
+        for method in methods:
             if any(r["method"] == method and r["seed"] == seed for r in record["runs"]):
                 continue
             started = time.perf_counter()
