@@ -72,7 +72,7 @@ class located:
         if message.startswith(self.source + ":"):
             return False
         section = self.where.split(".")[0].split("[")[0]
-        if not message.startswith((section + ".", section + ":", section + "[")):
+        if not message.startswith((section + ".", section + ":", section + "[", section + " '")):
             message = f"{self.where}: {message}"
         new = KDEngineError.__new__(type(exc))
         Exception.__init__(new, f"{self.source}: {message}")

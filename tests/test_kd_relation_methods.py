@@ -369,10 +369,41 @@ def test_validate_fails_on_a_tap_naming_no_layer(tiny_recipe, name):
     assert f"{role} has no module 'features.99'" in message and "kdengine layers" in message
 
 
-@pytest.mark.xfail(strict=True, reason="the engine's tap error (kdengine.plugins.features.resolve_module) names "
-                                       "the role and the layer but not the loss term asking for it")
-def test_validate_names_the_method_whose_tap_names_no_layer(tiny_recipe):
-    assert "nst" in _dry_run_with(tiny_recipe, "nst")
+@pytest.mark.parametrize("name", list(MISSING))
+def test_validate_names_the_method_whose_tap_names_no_layer(tiny_recipe, name):
+    assert f"loss '{name}': {MISSING[name][0]} has no module 'features.99'" in _dry_run_with(tiny_recipe, name)
+
+
+def test_a_term_failing_on_its_shapes_is_named_with_the_shapes_it_saw():
+    from kdengine.plugins.components import LossTerm
+    from kdengine.train.objective import set_up_and_run
+
+    class Mismatched(LossTerm):
+        def student_taps(self):
+            return ["0"]
+
+        def forward(self, ctx):  # a 4-wide feature against 3 teacher logits: cannot broadcast
+            return (ctx.student_features["0"] - ctx.teacher).abs().mean()
+
+    student = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Linear(4, 3))
+    with pytest.raises(KDEngineError) as failure:
+        set_up_and_run(student, [Mismatched()], torch.randn(5, 2), torch.zeros(5, dtype=torch.long),
+                       torch.randn(5, 3), {}, names=["mismatched#2"])
+    message = str(failure.value)
+    assert message.startswith("loss 'mismatched#2' fails on the shapes it is given")
+    assert "student output 5x3" in message and "teacher output 5x3" in message and "student '0' 5x4" in message
+
+
+def test_running_out_of_memory_in_a_term_is_not_blamed_on_the_term():
+    from kdengine.plugins.components import LossTerm
+    from kdengine.train.objective import set_up_and_run
+
+    class Hungry(LossTerm):
+        def forward(self, ctx):
+            raise torch.OutOfMemoryError("no memory left")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        set_up_and_run(torch.nn.Linear(2, 3), [Hungry()], torch.randn(5, 2), None, None, {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,3 +420,17 @@ def test_tiny_run_with_each_method(name, tiny_recipe, tmp_path):
     losses = distilled.history[0].losses
     assert name in losses and math.isfinite(losses[name]) and losses[name] > 0
     assert 0.0 <= distilled.best["top1"] <= 1.0
+
+
+def test_kdengine_validate_names_the_file_and_the_method_of_a_missing_tap(tiny_recipe, tmp_path, capsys):
+    import json
+
+    from kdengine.cli import main
+
+    tiny_recipe["loss"] = [{"name": "nst", "weight": 0.5, "params": MISSING["nst"][1]},
+                           {"name": "cross_entropy", "weight": 0.5}]
+    recipe = tmp_path / "nst.json"
+    recipe.write_text(json.dumps(tiny_recipe))
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}: loss 'nst': student has no module 'features.99'" in err and "Traceback" not in err

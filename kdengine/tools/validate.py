@@ -44,7 +44,8 @@ from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_no
 from kdengine.train.context import open_dataset, open_splits, step_sizes
 from kdengine.train.coupling import batch_coupled
 from kdengine.train.models import count_parameters, describe
-from kdengine.train.objective import build_loss_terms, set_up_and_run, set_up_objective, tap_paths, term_keys
+from kdengine.train.objective import (build_loss_terms, check_taps, set_up_and_run, set_up_objective, tap_paths,
+                                      term_keys)
 from kdengine.train.tensors import prepare_inputs
 
 #: Rows of the batch each candidate of ``teacher.precision = "auto"`` is timed on: enough to rank
@@ -176,12 +177,15 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
             roles.append(role)
 
     meter = ForwardMeter()
-    _, teacher_paths = tap_paths(build_loss_terms(recipe, with_teacher=True)[1])
+    taught_specs, taught_terms, _ = build_loss_terms(recipe, with_teacher=True)
+    _, teacher_paths = tap_paths(taught_terms)
     taught: dict[str, Taught] = {}  # by teaching stage; every pair has the same loss terms, so the same taps
 
     def outputs_of(name: str) -> Taught:
         if name not in taught:
             model = models[name].eval().requires_grad_(False)
+            with located(recipe.source, "loss"):
+                check_taps(taught_terms, term_keys(taught_specs), teacher=model)
             taps = FeatureTaps(model, teacher_paths, role="teacher") if teacher_paths else None
             runner = TeacherRunner(model, taps, InferenceSetting("no", recipe.train.channels_last))
             try:
@@ -195,9 +199,11 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     pairs = [p for p in plans if p.teacher is not None]
     for plan in pairs:
         prefix = f"{plan.name}: " if len(pairs) > 1 else ""
-        values, memory, balanced = _check_pair(recipe, models[plan.teacher], outputs_of(plan.teacher),
-                                               models[plan.name], inputs, targets,
-                                               meter.next_forward(describe(plan.spec), models[plan.name]))
+        taught_here = outputs_of(plan.teacher)
+        with located(recipe.source, "loss"):  # a term's taps or shapes: its [[loss]] entry is named
+            values, memory, balanced = _check_pair(recipe, models[plan.teacher], taught_here,
+                                                   models[plan.name], inputs, targets,
+                                                   meter.next_forward(describe(plan.spec), models[plan.name]))
         report.loss_values.update({prefix + k: v for k, v in values.items()})
         if balanced is not None:
             report.loss_weights.append(prefix + balanced.describe(
@@ -297,7 +303,8 @@ def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.
             # The auto weights are measured on the objective once it is set up, before the loss
             # pass: the student runs twice here, as a stage's set-up does.
             with measuring:
-                objective = set_up_objective(student, terms, inputs, targets, lambda x: _copies(taught))
+                objective = set_up_objective(student, terms, inputs, targets, lambda x: _copies(taught),
+                                             names=term_keys(specs))
             norms, _ = measure_gradient_norms(objective, [(inputs, targets, lambda x, rows: _copies(taught))])
             shares = stage_shares(specs)
             weights = solve_weights(weights, shares, norms, loss_labels(recipe, specs), recipe.source)
@@ -307,7 +314,7 @@ def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.
                 total = sum(w * v for w, v in zip(weights, values))
         else:
             with measuring, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                objective, values = set_up_and_run(student, terms, inputs, targets, t_out, t_feats)
+                objective, values = set_up_and_run(student, terms, inputs, targets, t_out, t_feats, term_keys(specs))
                 total = sum(w * v for w, v in zip(weights, values))
         total.backward()
     finally:

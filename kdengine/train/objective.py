@@ -6,7 +6,8 @@ terms: the run, ``kdengine validate`` and the contract checks in ``kdengine.test
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from torch import nn
 from kdengine.errors import KDEngineError
 from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import LossContext, LossTerm
-from kdengine.plugins.features import FeatureTaps
+from kdengine.plugins.features import FeatureTaps, resolve_module
 from kdengine.recipe import LossSpec, Recipe
 from kdengine.recipe.shares import AUTO
 
@@ -67,6 +68,44 @@ def tap_paths(terms: list[LossTerm]) -> tuple[list[str], list[str]]:
     return student, teacher
 
 
+def check_taps(terms: list[LossTerm], names: list[str], student: nn.Module | None = None,
+               teacher: nn.Module | None = None) -> None:
+    """Every layer a term taps exists in its model (each model given is checked); the error
+    names the term asking for a missing layer, so a user with several feature terms knows which
+    ``[[loss]]`` entry to fix."""
+    for name, term in zip(names, terms):
+        for role, model, paths in (("student", student, term.student_taps()), ("teacher", teacher, term.teacher_taps())):
+            if model is None:
+                continue
+            for path in paths:
+                try:
+                    resolve_module(model, path, role)
+                except KDEngineError as error:
+                    raise KDEngineError(f"loss '{name}': {error}") from None
+
+
+def _shape(value: Any) -> str:
+    return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+@contextmanager
+def blamed_on(name: str, term: LossTerm, ctx: LossContext) -> Iterator[None]:
+    """A term that fails on the set-up batch (an adapter that cannot match the shapes it is given,
+    a tap of the wrong kind of output) is reported as the term's error, with the shapes it saw;
+    running out of memory is not the term's fault and passes through unchanged."""
+    try:
+        yield
+    except (RuntimeError, ValueError, IndexError) as error:
+        if isinstance(error, (KDEngineError, torch.OutOfMemoryError)):
+            raise
+        seen = [f"student output {_shape(ctx.student)}", f"teacher output {_shape(ctx.teacher)}"]
+        seen += [f"student '{p}' {_shape(ctx.student_features[p])}" for p in term.student_taps()
+                 if p in ctx.student_features]
+        seen += [f"teacher '{p}' {_shape(ctx.teacher_features[p])}" for p in term.teacher_taps()
+                 if p in ctx.teacher_features]
+        raise KDEngineError(f"loss '{name}' fails on the shapes it is given ({', '.join(seen)}): {error}") from error
+
+
 class StudentObjective(nn.Module):
     """The student and its loss terms as one module, so DDP sees every trainable parameter
     (including the adapters a feature loss owns) inside a single forward pass."""
@@ -98,35 +137,46 @@ class StudentObjective(nn.Module):
 
 
 def set_up_objective(student: nn.Module, terms: list[LossTerm], inputs: torch.Tensor, targets: Any,
-                     teach: Teach, device: torch.device | None = None) -> StudentObjective:
+                     teach: Teach, device: torch.device | None = None,
+                     names: list[str] | None = None) -> StudentObjective:
     """The objective of a pair on ``device``, with the student's taps open and every term's
     ``setup`` called on one real batch (terms that own adapters size them here, before the
-    optimizer exists; the adapters are then moved to ``device`` too)."""
+    optimizer exists; the adapters are then moved to ``device`` too). ``names``: the terms' keys
+    (:func:`term_keys`), which an error in a term's taps or set-up names."""
+    names = names or [type(term).__name__ for term in terms]
+    check_taps(terms, names, student=student)
     student_paths, _ = tap_paths(terms)
     objective = StudentObjective(student, terms, student_paths)
     if device is not None:
         objective.to(device)
     with torch.no_grad():
         teacher_out, teacher_features = teach(inputs)
-        _set_up_terms(terms, objective.context(inputs, targets, teacher_out, teacher_features))
+        _set_up_terms(terms, names, objective.context(inputs, targets, teacher_out, teacher_features))
     return objective.to(device) if device is not None else objective
 
 
 def set_up_and_run(student: nn.Module, terms: list[LossTerm], inputs: torch.Tensor, targets: Any,
-                   teacher_out: Any, teacher_features: dict[str, torch.Tensor]
+                   teacher_out: Any, teacher_features: dict[str, torch.Tensor], names: list[str] | None = None,
                    ) -> tuple[StudentObjective, list[torch.Tensor]]:
     """The objective of a pair set up on one batch, and its loss values on that batch, from one
     student forward pass (recorded for a backward): where :func:`set_up_objective` and a training
     step make two passes, a caller that needs both exactly once (the dry run) makes one."""
+    names = names or [type(term).__name__ for term in terms]
+    check_taps(terms, names, student=student)
     student_paths, _ = tap_paths(terms)
     objective = StudentObjective(student, terms, student_paths)
     probe = objective.context(inputs, targets, teacher_out, teacher_features)
-    _set_up_terms(terms, probe)
-    return objective, [term(probe) for term in terms]
+    _set_up_terms(terms, names, probe)
+    values = []
+    for name, term in zip(names, terms):
+        with blamed_on(name, term, probe):
+            values.append(term(probe))
+    return objective, values
 
 
-def _set_up_terms(terms: list[LossTerm], probe: LossContext) -> None:
+def _set_up_terms(terms: list[LossTerm], names: list[str], probe: LossContext) -> None:
     # Setting up only reads shapes and makes adapters: nothing of it belongs to a backward pass.
     with torch.no_grad():
-        for term in terms:
-            term.setup(probe)
+        for name, term in zip(names, terms):
+            with blamed_on(name, term, probe):
+                term.setup(probe)

@@ -122,9 +122,9 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         source.setting = InferenceSetting(**resume.result.teacher_inference)
     source.start(ctx, plan, tap_paths(terms)[1], steps, inputs)
     first = source.first_step()
-    with accelerator.autocast():
+    with accelerator.autocast(), located(ctx.recipe.source, "loss"):
         objective = set_up_objective(model, terms, inputs, targets, lambda x: first(x, slice(0, len(x))),
-                                     device=ctx.device)
+                                     device=ctx.device, names=term_names)
     micro_batch, coupled = None, []
     if train.max_memory is not None:
         provisional = [1.0 if w == AUTO else w for w in weights]  # weights do not change the memory
