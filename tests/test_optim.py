@@ -50,6 +50,26 @@ def test_step_decay():
     assert lrs[0] == 1.0 and lrs[7] == 1.0 and lrs[8] == 0.5 and lrs[16] == 0.25
 
 
+def test_step_decay_at_milestones_matches_torch_multistep():
+    o = opt()
+    s = Schedule(o, scheduler_spec(dict(name="step", milestones=[3, 5], gamma=0.1)), epochs=8, steps_per_epoch=2)
+    reference_opt = opt()
+    reference = torch.optim.lr_scheduler.MultiStepLR(reference_opt, milestones=[3, 5], gamma=0.1)
+    for epoch in range(8):
+        for _ in range(2):  # both steps of an epoch run at that epoch's lr
+            assert s.lr == pytest.approx(reference_opt.param_groups[0]["lr"]), epoch
+            s.step()
+        reference_opt.step()
+        reference.step()
+    assert s.lr == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("milestones", [[0, 5], [5, 5], [6, 3], []])
+def test_milestones_must_increase_from_epoch_one(milestones):
+    with pytest.raises(ValidationError):
+        scheduler_spec(dict(name="step", milestones=milestones))
+
+
 def test_plateau_reduces_after_patience():
     o = opt()
     s = Schedule(o, scheduler_spec(dict(name="plateau", patience=1, factor=0.1)), epochs=10, steps_per_epoch=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Mapping, Union
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from kdengine.recipe.table import Table as _Section
 
@@ -68,9 +68,18 @@ class CosineSchedule(_Schedule):
 
 class StepSchedule(_Schedule):
     name: Literal["step"] = "step"
-    #: Multiply the lr by ``gamma`` every ``step_size`` epochs.
+    #: Multiply the lr by ``gamma`` every ``step_size`` epochs ...
     step_size: int = Field(30, ge=1)
     gamma: float = Field(0.1, gt=0, le=1)
+    #: ... or at each of these epochs instead (the CIFAR benchmarks' 150, 180, 210 of 240).
+    milestones: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (value[0] < 1 or any(b <= a for a, b in zip(value, value[1:]))):
+            raise ValueError("milestones: epochs from 1 up, each later than the one before")
+        return value
 
 
 class PlateauSchedule(_Schedule):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Iterable
 
@@ -56,7 +57,10 @@ class Schedule:
             progress = min(1.0, (step - self.warmup_steps) / span)
             return 0.5 * (1 + math.cos(math.pi * progress))
         if spec.name == "step":
-            return spec.gamma ** ((step // self.steps_per_epoch) // spec.step_size)
+            epoch = step // self.steps_per_epoch
+            if spec.milestones is not None:
+                return spec.gamma ** bisect.bisect_right(spec.milestones, epoch)
+            return spec.gamma ** (epoch // spec.step_size)
         return 1.0
 
     def _apply(self) -> None:

@@ -1,12 +1,14 @@
 """Built-in kdengine plugin: image classification.
 
-Models from timm and torchvision (with a CIFAR stem option and MobileNetV2 width multipliers),
+Models from timm and torchvision (with a CIFAR stem option and MobileNetV2 width multipliers) and
+the CIFAR ResNets of the distillation benchmarks (ResNet-8x4, ResNet-32x4),
 datasets (scikit-learn digits, CIFAR-100, image folders), Hinton's KD loss and cross-entropy,
 top-1/top-5 accuracy.
 """
 
 from kdengine import hookimpl
 
+from kdengine_classification.cifar_resnet import CifarResNetModel
 from kdengine_classification.data import Cifar100, Digits, ImageFolder
 from kdengine_classification.losses import CrossEntropy, KLDivergence
 from kdengine_classification.metrics import Top1, Top5
@@ -17,12 +19,14 @@ from kdengine_classification.models import TimmModel, TorchvisionModel
 def register_teachers(register):
     register("timm", TimmModel)
     register("torchvision", TorchvisionModel)
+    register("cifar_resnet", CifarResNetModel)
 
 
 @hookimpl
 def register_students(register):
     register("timm", TimmModel)
     register("torchvision", TorchvisionModel)
+    register("cifar_resnet", CifarResNetModel)
 
 
 @hookimpl
