@@ -56,6 +56,10 @@ class LossSpec(ComponentSpec):
     #: With ``weight = "auto"``: this term's share of the total gradient norm, in (0, 1);
     #: default: 1 / the number of terms in the stage.
     share: float | None = Field(None, gt=0, lt=1)
+    #: The term's weight rises linearly over its first epochs: ``epoch / warmup_epochs`` of it in
+    #: epoch 1, 2, ... and all of it from epoch ``warmup_epochs`` on (DKD's 20 epochs on CIFAR-100,
+    #: which keep a strong distillation term from swamping a random student at the start).
+    warmup_epochs: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _share_needs_auto(self) -> "LossSpec":

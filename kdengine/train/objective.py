@@ -61,6 +61,12 @@ def term_keys(specs: list[LossSpec]) -> list[str]:
     return keys
 
 
+def warmed_up(weights: list[float], specs: list[LossSpec], epoch: int) -> list[float]:
+    """The weights in ``epoch`` (from 1): a term with ``warmup_epochs`` gets ``epoch / warmup_epochs``
+    of its weight until it has all of it."""
+    return [w * min(1.0, epoch / spec.warmup_epochs) if spec.warmup_epochs else w for w, spec in zip(weights, specs)]
+
+
 def tap_paths(terms: list[LossTerm]) -> tuple[list[str], list[str]]:
     """The student's and the teacher's module paths that the terms tap, each once, in order."""
     student = list(dict.fromkeys(p for t in terms for p in t.student_taps()))

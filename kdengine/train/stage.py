@@ -36,7 +36,7 @@ from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
 from kdengine.train.models import count_parameters, describe, ready_to_teach
-from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths, term_keys
+from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths, term_keys, warmed_up
 from kdengine.train.optim import Schedule, build_optimizer
 from kdengine.train.step import on_problem, train_step
 from kdengine.train.tensors import prepare_inputs, to_device
@@ -171,11 +171,12 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
             epoch_start = time.perf_counter()
             sums = torch.zeros(len(terms) + 1, device=ctx.device)
             seen = skipped = scaler_skipped = 0
+            epoch_weights = warmed_up(weights, specs, epoch)
             for step, batch in enumerate(islice(train_loader, steps)):
                 inputs, targets = augment(*batch, epoch=data_epoch, step=step, process=accelerator.process_index)
                 inputs = prepare_inputs(inputs, train.channels_last)
                 teach = source.step(data_epoch, step, accelerator.process_index)
-                done = train_step(accelerator, objective, optimizer, schedule, train, weights, term_names,
+                done = train_step(accelerator, objective, optimizer, schedule, train, epoch_weights, term_names,
                                   inputs, targets, teach, micro_batch)
                 if done.problem is not None:
                     on_problem(train, plan.name, done.problem, epoch, step, checkpoints)
