@@ -100,6 +100,29 @@ def test_mobilenet_v2_widths_match_the_paper_sizes():
     assert half(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
+def test_mobilenet_v2_as_the_cifar_benchmarks_build_it():
+    """CRD's CIFAR MobileNetV2 0.5x: channels rounded to 4 (12, not 16, in the 24-channel stage) and
+    that stage unstrided, so the last maps are 4x4 at 32 px where torchvision's are 2x2."""
+    from kdengine.plugins.features import FeatureTaps
+
+    info = DataInfo(task="classification", num_classes=100)
+    model = TorchvisionModel({"model": "mobilenet_v2", "width_mult": 0.5, "cifar_stem": True, "round_nearest": 4,
+                              "stride_one": ["features.2.conv.1.0"]}).build(info).eval()
+    taps = FeatureTaps(model, ["features.3", "features.6", "features.13", "features.17", "features.18"])
+    model(torch.randn(1, 3, 32, 32))
+    shapes = [tuple(f.shape[1:]) for f in taps.collect().values()]
+    taps.close()
+    assert shapes == [(12, 32, 32), (16, 16, 16), (48, 8, 8), (160, 4, 4), (1280, 4, 4)]
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(0.81, abs=0.005)
+
+
+@pytest.mark.parametrize("path,needle", [("features.99", "has no module 'features.99'"),
+                                         ("features.2", "is a InvertedResidual, not a convolution")])
+def test_stride_one_names_a_convolution(path, needle):
+    with pytest.raises(KDEngineError, match=needle):
+        TorchvisionModel({"model": "mobilenet_v2", "stride_one": [path]}).build(INFO)
+
+
 def test_single_channel_input():
     model = TorchvisionModel({"model": "mobilenet_v2", "width_mult": 0.25}).build(DataInfo("classification", 1, 10))
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

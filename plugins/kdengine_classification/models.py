@@ -45,6 +45,19 @@ def apply_cifar_stem(model: nn.Module) -> nn.Module:
     return model
 
 
+def keep_resolution(model: nn.Module, paths: list[str], what: str) -> nn.Module:
+    """Stride 1 for the named convolutions: a CIFAR variant that downsamples later than the
+    ImageNet architecture (the feature maps of the following layers grow accordingly)."""
+    from kdengine.plugins.features import resolve_module
+
+    for path in paths:
+        module = resolve_module(model, path, f"{what} (stride_one)")
+        if not isinstance(module, nn.Conv2d):
+            raise KDEngineError(f"{what}: stride_one '{path}' is a {type(module).__name__}, not a convolution")
+        module.stride = (1, 1)
+    return model
+
+
 def set_input_channels(model: nn.Module, channels: int) -> nn.Module:
     """Replace the first convolution so the model takes ``channels`` input channels."""
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
@@ -219,6 +232,10 @@ class TorchvisionModel(ModelFactory):
         cifar_stem: bool = False
         weights: str | None = Field(None, min_length=1, description="pretrained weights: DEFAULT or a "
                                     "name of the model's weight enum (IMAGENET1K_V2); torch.hub caches them")
+        round_nearest: int | None = Field(None, ge=1, description="channel counts rounded to a multiple of "
+                                          "this (MobileNetV2: 8; CRD's CIFAR variant: 4, or 12 channels stay 12)")
+        stride_one: list[str] = Field([], description="module paths of convolutions whose stride becomes 1, "
+                                      "after the CIFAR stem (CRD's CIFAR MobileNetV2: features.2.conv.1.0)")
 
     def build(self, info: DataInfo) -> nn.Module:
         return self._create(info, self.params.weights)
@@ -238,6 +255,8 @@ class TorchvisionModel(ModelFactory):
             raise KDEngineError(f"torchvision has no model '{p.model}'" + _suggest(p.model, available))
         num_classes = _require_classes(info)
         kwargs = {} if p.width_mult is None else {"width_mult": p.width_mult}
+        if p.round_nearest is not None:
+            kwargs["round_nearest"] = p.round_nearest
         if weights_name is None:
             model = self._get_model(p.model, num_classes=num_classes, **kwargs)
         else:
@@ -247,7 +266,8 @@ class TorchvisionModel(ModelFactory):
                 fresh = self._get_model(p.model, num_classes=num_classes, **kwargs)
                 replace_head(model, fresh)
         set_input_channels(model, info.in_channels)
-        return apply_cifar_stem(model) if p.cifar_stem else model
+        model = apply_cifar_stem(model) if p.cifar_stem else model
+        return keep_resolution(model, p.stride_one, f"torchvision '{p.model}'")
 
     @staticmethod
     def _get_model(name: str, **kwargs) -> nn.Module:
