@@ -22,6 +22,15 @@ Usage (one thread)::
     OMP_NUM_THREADS=1 python benchmarks/methods.py --seeds 0,1,2 --load "what else ran"
     python benchmarks/methods.py --table          # the table from the committed JSON
 
+The published CIFAR-100 pairs (a GPU and the data; targets in each recipe's header)::
+
+    python benchmarks/methods.py --recipe recipes/cifar100-resnet32x4-resnet8x4.toml \
+        --out benchmarks/results/methods-cifar100-resnet32x4-resnet8x4.json
+    python benchmarks/methods.py --recipe recipes/cifar100-resnet50-mobilenetv2.toml \
+        --out benchmarks/results/methods-cifar100-resnet50-mobilenetv2.json
+
+Each recipe's layers for the feature and relation methods are in ``PAIRS``.
+
 The JSON (``--out``) is rewritten after every run, so an interrupted benchmark goes on where it
 stopped (a method and seed already recorded is not run again).
 """
@@ -36,75 +45,121 @@ import statistics
 import sys
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stagemeter import git_revision  # noqa: E402
 
+DEFAULT_RECIPE = ROOT / "recipes" / "classification.toml"
 CE = {"name": "cross_entropy", "weight": 1.0}
 
-#: Taps on the recipe's pair: timm ResNet-18 (CIFAR stem; layer1..4 at 64@16, 128@8, 256@4, 512@2 px
-#: on 16 px digits) and torchvision MobileNetV2 0.5x (CIFAR stem; features.3 16@8, features.6 16@4,
-#: features.13 48@2, features.17 160@1, features.18 1280@1).
-STUDENT_STAGES = ["features.3", "features.6", "features.13", "features.18"]
-TEACHER_STAGES = ["layer1", "layer2", "layer3", "layer4"]
 
-#: method -> (its [[loss]] list, its paper). The weights are the papers' CIFAR-100 settings.
-METHODS: dict[str, tuple[list[dict], str]] = {
-    "kd": ([{"name": "kl_div", "weight": 0.9, "params": {"temperature": 4.0}},
-            {"name": "cross_entropy", "weight": 0.1}], "Hinton et al., 2015 (the recipe's own loss)"),
-    "kd+ls": ([{"name": "kl_div", "weight": 0.9, "params": {"temperature": 4.0, "standardize": True}},
-               {"name": "cross_entropy", "weight": 0.1}], "Sun et al., CVPR 2024 (logit standardization)"),
-    "dkd": ([CE, {"name": "dkd", "weight": 1.0, "params": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0}}],
-            "Zhao et al., CVPR 2022"),
-    "mlkd": ([CE, {"name": "mlkd", "weight": 1.0}], "Jin et al., CVPR 2023"),
-    "ctkd": ([{"name": "ctkd", "weight": 0.9}, {"name": "cross_entropy", "weight": 0.1}], "Li et al., AAAI 2023"),
-    "nkd": ([CE, {"name": "nkd", "weight": 1.0}], "Yang et al., ICCV 2023"),
-    "dist": ([CE, {"name": "dist", "weight": 1.0, "params": {"beta": 2.0, "gamma": 2.0, "temperature": 4.0}}],
-             "Huang et al., NeurIPS 2022"),
-    "fitnets": ([CE, {"name": "fitnets", "weight": 100.0,
-                      "params": {"student_layer": "features.6", "teacher_layer": "layer3"}}],
-                "Romero et al., ICLR 2015"),
-    "attention_transfer": ([CE, {"name": "attention_transfer", "weight": 1.0, "params": {"pairs": [
-        ["features.3", "layer2"], ["features.6", "layer3"], ["features.13", "layer4"]]}}],
-        "Zagoruyko & Komodakis, ICLR 2017"),
-    "crd": ([CE, {"name": "crd", "weight": 0.8,
-                  "params": {"student_layer": "features.18", "teacher_layer": "layer4"}}], "Tian et al., ICLR 2020"),
-    # RKD and PKT on the penultimate embeddings. PKT here averages over anchors where its authors'
-    # code averages over all B^2 pairs: their 30000 is 30000 / 32 (the batch) here
-    "rkd": ([CE, {"name": "rkd", "weight": 1.0, "params": {"student_layer": "features.18", "teacher_layer": "layer4"}}],
-            "Park et al., CVPR 2019"),
-    "pkt": ([CE, {"name": "pkt", "weight": 937.5, "params": {"student_layer": "features.18", "teacher_layer": "layer4"}}],
-            "Passalis & Tefas, ECCV 2018"),
-    "sp": ([CE, {"name": "sp", "weight": 3000.0, "params": {"pairs": [["features.13", "layer4"]]}}],
-           "Tung & Mori, ICCV 2019"),
-    "nst": ([CE, {"name": "nst", "weight": 50.0, "params": {"student_layer": "features.13", "teacher_layer": "layer4"}}],
-            "Huang & Wang, arXiv 2017"),
-    "vid": ([CE, {"name": "vid", "weight": 1.0, "params": {"pairs": [
-        ["features.3", "layer2"], ["features.6", "layer3"], ["features.13", "layer4"]]}}], "Ahn et al., CVPR 2019"),
-    # the teacher's block outputs are post-ReLU here (a BasicBlock's pre-ReLU sum is no module's
-    # output), so OFD's margin is 0 and its loss the partial L2 of the paper on those maps
-    "ofd": ([CE, {"name": "ofd", "weight": 1e-3, "params": {"pairs": [["features.13", "layer4"]]}}],
-            "Heo et al., ICCV 2019"),
-    # the paraphraser trains with the student; its reconstruction keeps weight 1 under the term's 200
-    "ft": ([CE, {"name": "ft", "weight": 200.0, "params": {"student_layer": "features.13", "teacher_layer": "layer4",
-                                                            "reconstruction_weight": 0.005}}],
-           "Kim et al., NeurIPS 2018"),
-    "reviewkd": ([CE, {"name": "reviewkd", "weight": 1.0, "params": {
-        "student_layers": ["features.3", "features.6", "features.13"], "teacher_layers": ["layer2", "layer3", "layer4"]}}],
-        "Chen et al., CVPR 2021"),
+@dataclass(frozen=True)
+class Pair:
+    """Where a teacher/student pair's methods tap: three (student, teacher) layers at matching
+    resolutions, shallow to deep; the penultimate embeddings; the deepest pre-activation pair."""
+
+    stages: tuple[tuple[str, str], tuple[str, str], tuple[str, str]]
+    embedding: tuple[str, str]
+    pre_activation: tuple[str, str]
+    note: str
+
+
+#: The pairs of the recipes benchmarked, by recipe file name.
+PAIRS = {
+    # timm ResNet-18 (CIFAR stem; layer1..4 at 64@16, 128@8, 256@4, 512@2 px on 16 px digits) and
+    # torchvision MobileNetV2 0.5x (CIFAR stem; features.3 16@8, features.6 16@4, features.13 48@2,
+    # features.18 1280@1). A BasicBlock's pre-ReLU sum is no module's output, so OFD taps post-ReLU
+    # maps (its margin is then 0 and its loss the paper's partial L2 on them).
+    "classification.toml": Pair(
+        stages=(("features.3", "layer2"), ("features.6", "layer3"), ("features.13", "layer4")),
+        embedding=("features.18", "layer4"), pre_activation=("features.13", "layer4"),
+        note="ResNet-18 -> MobileNetV2 0.5x on digits"),
+    # cifar_resnet: layer1..3 at 64@32, 128@16, 256@8 px in both; the pooled embedding is `flatten`;
+    # each block's residual sum before its ReLU is `preact`
+    "cifar100-resnet32x4-resnet8x4.toml": Pair(
+        stages=(("layer1", "layer1"), ("layer2", "layer2"), ("layer3", "layer3")),
+        embedding=("flatten", "flatten"), pre_activation=("layer3.0.preact", "layer3.4.preact"),
+        note="ResNet-32x4 -> ResNet-8x4 on CIFAR-100"),
+    # timm ResNet-50 (CIFAR stem; layer2..4 at 512@16, 1024@8, 2048@4 px; global_pool the 2048-d
+    # embedding) and CRD's CIFAR MobileNetV2 0.5x (features.6 16@16, features.13 48@8, features.17
+    # 160@4, features.18 1280@4); timm's bottleneck applies its last ReLU in place, so OFD's
+    # teacher map is post-ReLU here too
+    "cifar100-resnet50-mobilenetv2.toml": Pair(
+        stages=(("features.6", "layer2"), ("features.13", "layer3"), ("features.17", "layer4")),
+        embedding=("features.18", "global_pool"), pre_activation=("features.17", "layer4"),
+        note="ResNet-50 -> MobileNetV2 0.5x on CIFAR-100"),
+}
+
+#: method -> its paper.
+PAPERS = {
+    "kd": "Hinton et al., 2015 (the recipe's own loss)",
+    "kd+ls": "Sun et al., CVPR 2024 (logit standardization)",
+    "dkd": "Zhao et al., CVPR 2022", "mlkd": "Jin et al., CVPR 2023", "ctkd": "Li et al., AAAI 2023",
+    "nkd": "Yang et al., ICCV 2023", "dist": "Huang et al., NeurIPS 2022", "fitnets": "Romero et al., ICLR 2015",
+    "attention_transfer": "Zagoruyko & Komodakis, ICLR 2017", "crd": "Tian et al., ICLR 2020",
+    "rkd": "Park et al., CVPR 2019", "pkt": "Passalis & Tefas, ECCV 2018", "sp": "Tung & Mori, ICCV 2019",
+    "nst": "Huang & Wang, arXiv 2017", "vid": "Ahn et al., CVPR 2019", "ofd": "Heo et al., ICCV 2019",
+    "ft": "Kim et al., NeurIPS 2018", "reviewkd": "Chen et al., CVPR 2021",
 }
 
 
-def loss_of(method: str) -> list[dict]:
-    return json.loads(json.dumps(METHODS[method][0]))
+def method_losses(pair: Pair, batch_size: int, epochs: int) -> dict[str, list[dict]]:
+    """Each method's ``[[loss]]`` list on ``pair`` at the recipe's batch size and epochs: the
+    weights are the papers' (or their reference code's) CIFAR-100 settings, nothing tuned here."""
+    (s1, t1), (s2, t2), (s3, t3) = pair.stages
+    s_emb, t_emb = pair.embedding
+    s_pre, t_pre = pair.pre_activation
+
+    def with_ce(name: str, weight: float, **params) -> list[dict]:
+        return [CE, {"name": name, "weight": weight, "params": params}]
+
+    def stage_pairs() -> list[list[str]]:
+        return [[s, t] for s, t in pair.stages]
+
+    return {
+        "kd": [{"name": "kl_div", "weight": 0.9, "params": {"temperature": 4.0}},
+               {"name": "cross_entropy", "weight": 0.1}],
+        # the authors' KD setting with their z-score: weight 9 at base temperature 2, CE 0.1
+        "kd+ls": [{"name": "kl_div", "weight": 9.0, "params": {"temperature": 2.0, "standardize": True}},
+                  {"name": "cross_entropy", "weight": 0.1}],
+        # DKD's weight warms up over its first 20 of 240 epochs (mdistiller): a twelfth of the run
+        "dkd": [CE, {"name": "dkd", "weight": 1.0, "params": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0},
+                     "warmup_epochs": max(1, round(epochs / 12))}],
+        "mlkd": with_ce("mlkd", 1.0),
+        "ctkd": [{"name": "ctkd", "weight": 0.9}, {"name": "cross_entropy", "weight": 0.1}],
+        "nkd": with_ce("nkd", 1.0),
+        "dist": with_ce("dist", 1.0, beta=2.0, gamma=2.0, temperature=4.0),
+        "fitnets": with_ce("fitnets", 100.0, student_layer=s2, teacher_layer=t2),
+        "attention_transfer": with_ce("attention_transfer", 1.0, pairs=stage_pairs()),
+        "crd": with_ce("crd", 0.8, student_layer=s_emb, teacher_layer=t_emb),
+        "rkd": with_ce("rkd", 1.0, student_layer=s_emb, teacher_layer=t_emb),
+        # PKT here averages over anchors where its authors' code averages over all B^2 pairs: their
+        # 30000 is 30000 / B here
+        "pkt": with_ce("pkt", 30000.0 / batch_size, student_layer=s_emb, teacher_layer=t_emb),
+        "sp": with_ce("sp", 3000.0, pairs=[[s3, t3]]),
+        "nst": with_ce("nst", 50.0, student_layer=s3, teacher_layer=t3),
+        "vid": with_ce("vid", 1.0, pairs=stage_pairs()),
+        "ofd": with_ce("ofd", 1e-3, pairs=[[s_pre, t_pre]]),
+        # the paraphraser trains with the student; its reconstruction keeps weight 1 under the term's 200
+        "ft": with_ce("ft", 200.0, student_layer=s3, teacher_layer=t3, reconstruction_weight=0.005),
+        "reviewkd": with_ce("reviewkd", 1.0, student_layers=[s1, s2, s3], teacher_layers=[t1, t2, t3]),
+    }
 
 
-def method_recipe(base: dict, method: str, seed: int, cache_dir: Path) -> dict:
+def pair_of(recipe: Path) -> Pair:
+    if recipe.name not in PAIRS:
+        raise SystemExit(f"{recipe}: no tap layout for this recipe's pair in benchmarks/methods.py PAIRS "
+                         f"(known: {', '.join(PAIRS)})")
+    return PAIRS[recipe.name]
+
+
+def method_recipe(base: dict, losses: list[dict], method: str, seed: int, cache_dir: Path) -> dict:
     recipe = json.loads(json.dumps(base))
     recipe["run"].update(seed=seed, name=f"methods-{method}".replace("+", "-"))
-    recipe["loss"] = loss_of(method)
+    recipe["loss"] = json.loads(json.dumps(losses))
     recipe["train"]["baseline"] = method == "kd"  # the scratch rows come from the KD runs
     recipe["teacher"].update(cache=True, cache_dir=str(cache_dir))
     return recipe
@@ -156,7 +211,7 @@ def summary(record: dict) -> dict:
     runs = record["runs"]
     by = {(r["method"], r["seed"]): r for r in runs}
     rows = {}
-    methods = ["scratch"] + [m for m in METHODS if any(r["method"] == m for r in runs)]
+    methods = ["scratch"] + [m for m in PAPERS if any(r["method"] == m for r in runs)]
     for method in methods:
         source, stage = ("kd", "scratch") if method == "scratch" else (method, "distilled")
         seeds = sorted(s for (m, s) in by if m == source)
@@ -181,7 +236,7 @@ def markdown(record: dict) -> str:
     lines = ["| method | paper | test top-1 (val-best), mean ± std | gain over KD | step time / KD | seeds |",
              "|---|---|---|---|---|---|"]
     for method, row in summary(record).items():
-        paper = "labels alone (the KD runs' baseline)" if method == "scratch" else METHODS[method][1]
+        paper = "labels alone (the KD runs' baseline)" if method == "scratch" else PAPERS[method]
         gain = row.get("gain_over_kd")
         lines.append(f"| {method} | {paper} | {row['test_top1'][0]:.4f} ± {row['test_top1'][1]:.4f} | "
                      + ("-" if gain is None else f"{gain[0]:+.4f} ± {gain[1]:.4f}") + " | "
@@ -192,9 +247,9 @@ def markdown(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "classification.toml")
+    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="one of the recipes of PAIRS")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
+    parser.add_argument("--methods", default=",".join(PAPERS), help="comma-separated, from: " + ", ".join(PAPERS))
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "methods", help="run folders and the shared cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "methods-classification.json")
     parser.add_argument("--load", default="not recorded", help="what else was running on the machine")
@@ -207,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(args.out.read_text(encoding="utf-8"))))
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in PAPERS]
     if unknown:
-        parser.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        parser.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(PAPERS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
 
     import torch
@@ -217,16 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     base = tomllib.loads(args.recipe.read_text(encoding="utf-8"))
+    table = method_losses(pair_of(args.recipe), base["train"]["batch_size"], base["train"]["epochs"])
     record = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     record.update({
-        "what": f"every distillation method on {args.recipe.relative_to(ROOT)}: one shared teacher and cache, "
+        "what": f"every distillation method on {args.recipe.resolve().relative_to(ROOT)}: one shared teacher and cache, "
                 "epochs chosen on val, test top-1 once with the val-best weights",
-        "command": "OMP_NUM_THREADS=1 python benchmarks/methods.py --seeds " + args.seeds
-                   + "".join(f" --set {o}" for o in args.overrides),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
-                   f"torch {torch.__version__} CPU, one intra-op thread",
+        "command": "OMP_NUM_THREADS=1 python benchmarks/methods.py"
+                   + ("" if args.recipe.resolve() == DEFAULT_RECIPE else f" --recipe {args.recipe.relative_to(ROOT)}")
+                   + f" --seeds {args.seeds}" + "".join(f" --set {o}" for o in args.overrides),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, torch {torch.__version__}, "
+                   + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU, one intra-op thread"),
         "load": args.load,
-        "methods": {m: {"loss": METHODS[m][0], "paper": METHODS[m][1]} for m in METHODS},
+        "methods": {m: {"loss": table[m], "paper": PAPERS[m]} for m in PAPERS},
     })
     record.setdefault("runs", [])
     record.setdefault("git_revisions", [])
@@ -250,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             if any(r["method"] == method and r["seed"] == seed for r in record["runs"]):
                 continue
             started = time.perf_counter()
-            results = kdengine.run(method_recipe(base, method, seed, runs / "cache"), overrides=args.overrides, progress=False,
+            results = kdengine.run(method_recipe(base, table[method], method, seed, runs / "cache"), overrides=args.overrides, progress=False,
                                    output_dir=runs, teacher_from=runs / teacher_dir)
             record["runs"].append(run_record(method, seed, results, time.perf_counter() - started, monitor))
             record["summary"] = summary(record)
