@@ -27,6 +27,31 @@ def test_build_optimizer(name, cls):
     assert o.param_groups[0]["lr"] == 0.1 and o.param_groups[0]["weight_decay"] == 5e-4
 
 
+def small_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_norm_and_bias_parameters_take_their_own_weight_decay(name):
+    net = small_net()
+    o = build_optimizer(net, optimizer_spec(dict(name=name, lr=0.1, weight_decay=5e-4, norm_bias_weight_decay=0.0)))
+    decay_of = {id(p): group["weight_decay"] for group in o.param_groups for p in group["params"]}
+    named = dict(net.named_parameters())
+    assert len(decay_of) == len(named)
+    for key, param in named.items():
+        expected = 5e-4 if key in ("0.weight", "3.weight") else 0.0  # conv and linear weights decay
+        assert decay_of[id(param)] == expected, key
+
+
+def test_without_a_split_every_parameter_decays_alike_and_frozen_ones_are_left_out():
+    net = small_net()
+    net[1].requires_grad_(False)
+    o = build_optimizer(net, optimizer_spec(dict(name="sgd", lr=0.1, weight_decay=5e-4)))
+    assert len(o.param_groups) == 1 and o.param_groups[0]["weight_decay"] == 5e-4
+    assert {id(p) for p in o.param_groups[0]["params"]} == {id(p) for p in net.parameters() if p.requires_grad}
+
+
 def test_cosine_per_step_with_warmup():
     o = opt()
     s = Schedule(o, scheduler_spec(dict(name="cosine", warmup_epochs=1)), epochs=3, steps_per_epoch=10)
@@ -68,6 +93,23 @@ def test_step_decay_at_milestones_matches_torch_multistep():
 def test_milestones_must_increase_from_epoch_one(milestones):
     with pytest.raises(ValidationError):
         scheduler_spec(dict(name="step", milestones=milestones))
+
+
+def test_plateau_after_warm_up_starts_from_the_base_lr():
+    o = opt(lr=0.5)
+    s = Schedule(o, scheduler_spec(dict(name="plateau", warmup_epochs=1, patience=1, factor=0.1)), epochs=10,
+                 steps_per_epoch=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(s.lr)
+        s.step()
+    s.end_epoch(0.5)
+    assert lrs[0] == pytest.approx(0.005) and lrs[-1] < 0.5 and s.lr == pytest.approx(0.5)
+    for value in (0.5, 0.5):  # then plateau reduces it as usual
+        for _ in range(4):
+            s.step()
+        s.end_epoch(value)
+    assert s.lr == pytest.approx(0.05)
 
 
 def test_plateau_reduces_after_patience():

@@ -142,7 +142,7 @@ def optimised(monkeypatch) -> list[int]:
     real = stage_module.build_optimizer
 
     def spy(params, spec):
-        params = list(params)
+        params = list(params.parameters() if isinstance(params, torch.nn.Module) else params)
         sizes.append(sum(p.numel() for p in params if p.requires_grad))
         return real(params, spec)
 

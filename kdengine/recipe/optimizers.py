@@ -10,7 +10,14 @@ from pydantic import Discriminator, Field, Tag, field_validator
 from kdengine.recipe.table import Table as _Section
 
 
-class SGDSpec(_Section):
+class _DecaySplit(_Section):
+    #: Weight decay of the one-dimensional parameters (normalisation scales and shifts, biases).
+    #: None: ``weight_decay``, as the CIFAR benchmarks and the paper's recipes train; 0 leaves them
+    #: undecayed, as timm and most ImageNet recipes do (decay pulls a norm's scale towards 0).
+    norm_bias_weight_decay: float | None = Field(None, ge=0)
+
+
+class SGDSpec(_DecaySplit):
     name: Literal["sgd"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -18,14 +25,14 @@ class SGDSpec(_Section):
     weight_decay: float = Field(0.0, ge=0)
 
 
-class AdamSpec(_Section):
+class AdamSpec(_DecaySplit):
     name: Literal["adam"] = "adam"
     lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
 
 
-class AdamWSpec(_Section):
+class AdamWSpec(_DecaySplit):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)

@@ -11,8 +11,25 @@ import torch
 from kdengine.recipe import OptimizerSpec, SchedulerSpec
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def parameter_groups(params: torch.nn.Module | Iterable[torch.nn.Parameter], spec: OptimizerSpec) -> list:
+    """The trainable parameters, split by timm's rule (one-dimensional tensors and biases apart)
+    where ``norm_bias_weight_decay`` gives them a decay of their own."""
+    if isinstance(params, torch.nn.Module):
+        if spec.norm_bias_weight_decay is not None and spec.norm_bias_weight_decay != spec.weight_decay:
+            from timm.optim import param_groups_weight_decay
+
+            groups = param_groups_weight_decay(params, weight_decay=1.0)  # 1.0 marks the decayed group
+            for group in groups:
+                group["weight_decay"] = spec.weight_decay if group["weight_decay"] else spec.norm_bias_weight_decay
+            return [group for group in groups if group["params"]]
+        params = params.parameters()
+    return [p for p in params if p.requires_grad]
+
+
+def build_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """``spec``'s optimizer over ``params``: a module's parameters (so that one-dimensional ones
+    can take ``norm_bias_weight_decay``) or the parameters themselves."""
+    params = parameter_groups(params, spec)
     if spec.name == "sgd":
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
@@ -65,6 +82,10 @@ class Schedule:
 
     def _apply(self) -> None:
         if self.plateau is not None and self.step_count >= self.warmup_steps:
+            if self.step_count == self.warmup_steps and self.warmup_steps > 0:
+                # warm-up's last step stops short of the base lr: plateau starts from the base lr itself
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                    group["lr"] = base
             return  # plateau owns the lr after warm-up
         factor = self._factor(self.step_count)
         # Cosine decays towards min_lr once warm-up is over; everything else scales the base lr.

@@ -138,7 +138,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     if train.compile:  # after the set-up passes above, which run once and need no compiled graph
         compile_in_place(model, ctx.recipe.source, f"{plan.name}'s {describe(plan.spec)}")
 
-    optimizer = build_optimizer(objective.parameters(), train.optimizer)
+    optimizer = build_optimizer(objective, train.optimizer)
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
     schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
     result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
