@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +78,10 @@ class Scorer:
 
 
 def is_better(value: float, best: float | None, higher: bool) -> bool:
-    if best is None:
+    """Whether an epoch's monitored value beats the best so far. A non-finite value (a diverged
+    epoch's NaN) is never best, so it cannot pin the best epoch: every comparison with NaN is false."""
+    if not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best):
         return True
     return value > best if higher else value < best

@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import set_seed
 from torch import nn
 
-from kdengine.errors import DataError, located
+from kdengine.errors import DataError, TrainingError, located
 from kdengine.io.state import TrainingState, rng_state, set_rng_state
 from kdengine.plugins.components import ModelFactory
 from kdengine.recipe import monitored_metric
@@ -81,6 +81,11 @@ def score_test(ctx: RunContext, plan: StagePlan, factory: ModelFactory, result: 
     if ctx.recipe.train.monitor_split == "test":
         result.test_best, result.test_last = result.best, result.last
         return
+    if result.best_epoch is None:
+        monitor = monitored_metric(ctx.recipe, plan.train)[0]
+        raise TrainingError(f"{ctx.recipe.source}: {plan.name}: the monitored {monitor} was not finite in any "
+                            f"evaluated epoch, so there are no best weights to test; the last weights are in "
+                            f"{ctx.folder.checkpoint_path(plan.name, 'last')} of the run folder")
     loader = ctx.accelerator.prepare_data_loader(ctx.eval_loader(ctx.test_set, plan.train))
     result.test_last = ctx.scorer(last, loader, plan.train.channels_last)
     if result.best_epoch == result.history[-1].epoch:
