@@ -207,3 +207,57 @@ def test_version(capsys):
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"kdengine {kdengine.__version__}"
     assert kdengine.__version__ != "0+unknown"  # the installed distribution's version
+
+
+@pytest.mark.parametrize("flag", ["--latency-runs", "--throughput-batch", "--calibration-images"])
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_export_counts_below_one_are_refused_before_anything_is_written(existing_run, capsys, flag, value):
+    before = tree_digest(existing_run)
+    with pytest.raises(SystemExit) as exited:
+        main(["export", str(existing_run), "--format", "onnx", flag, value])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument {flag}: expected a whole number of at least 1; got '{value}'" in err
+    assert "Traceback" not in err and tree_digest(existing_run) == before
+
+
+def test_a_batch_that_does_not_split_over_the_processes_stops_before_any_process_starts(tmp_path, capsys,
+                                                                                        monkeypatch):
+    recipe = tmp_path / "odd.toml"
+    recipe.write_text(GOOD.replace("batch_size = 16", "batch_size = 15"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no process should start"))
+    code = main(["run", str(recipe), "--num-processes", "2", "--output-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{recipe}: train.batch_size: 15 does not split evenly over 2 processes" in err
+    assert not (tmp_path / "runs").exists() and "Traceback" not in err
+
+
+def test_a_teacher_batch_of_its_own_is_named_by_its_field(tiny_recipe):
+    from kdengine.errors import KDEngineError
+    from kdengine.recipe import load_recipe
+    from kdengine.recipe.stages import plan_stages
+    from kdengine.train.run import check_batch_split
+
+    tiny_recipe["teacher"]["train"] = {"epochs": 1, "batch_size": 30, "eval_batch_size": 64}
+    recipe = load_recipe(tiny_recipe)
+    plans = plan_stages(recipe)
+    check_batch_split(recipe, plans, plans, 2)
+    with pytest.raises(KDEngineError, match=r"teacher.train.batch_size: 30 does not split evenly over 4"):
+        check_batch_split(recipe, plans, plans, 4)
+
+
+def test_several_processes_relaunch_the_arguments_main_was_given(tmp_path, monkeypatch):
+    recipe = tmp_path / "good.toml"
+    recipe.write_text(GOOD)
+    launched = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q", "tests"])
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: launched.append(command) or Done())
+    assert main(["run", str(recipe), "--num-processes", "2", "--no-progress"]) == 0
+    command = launched[0]
+    assert command[command.index("kdengine"):] == ["kdengine", "run", str(recipe), "--no-progress"]
+    assert "--nproc_per_node=2" in command and "tests" not in command

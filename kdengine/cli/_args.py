@@ -21,6 +21,17 @@ def shape(text: str) -> tuple[int, ...]:
     return parsed
 
 
+def positive_int(text: str) -> int:
+    """A count that must be at least 1 (a batch, a number of runs or images, of processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1; got '{text}'")
+    return value
+
+
 def seed_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdengine.cli._args import shape
+from kdengine.cli._args import positive_int, shape
 
 
 def max_drop(text: str) -> tuple[str | None, float]:
@@ -25,13 +25,13 @@ def add_parser(sub) -> None:
     export.add_argument("--output", help="folder for the exported files (default: RUN_DIR/export/<format>)")
     export.add_argument("--input-shape", type=shape, help="per-image input shape, e.g. 3,32,32 "
                         "(default: taken from the recipe's dataset)")
-    export.add_argument("--throughput-batch", type=int, default=32, help="batch size of the throughput measurement")
-    export.add_argument("--latency-runs", type=int, default=10, help="timed runs per latency measurement")
+    export.add_argument("--throughput-batch", type=positive_int, default=32, help="batch size of the throughput measurement")
+    export.add_argument("--latency-runs", type=positive_int, default=10, help="timed runs per latency measurement")
     export.add_argument("--stage", default="distilled", help="which stage's model: distilled (default), teacher, "
                         "scratch, or a progressive chain's generation")
     export.add_argument("--quantize", choices=["int8"], help="also write a static int8 ONNX model "
                         "(onnxruntime), scored beside the fp32 one on the card")
-    export.add_argument("--calibration-images", type=int, default=256, metavar="N",
+    export.add_argument("--calibration-images", type=positive_int, default=256, metavar="N",
                         help="train images that calibrate the int8 ranges (default 256)")
     export.add_argument("--max-drop", type=max_drop, action="append", metavar="[METRIC=]X",
                         help="warn when int8 scores worse than fp32 by more than X, in the metric's unit "

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from kdengine.cli._args import add_recipe, seed_list
+from kdengine.cli._args import add_recipe, positive_int, seed_list
 from kdengine.errors import KDEngineError
 
 
@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
     run = sub.add_parser("run", help="train teacher, baseline and distilled student")
     add_recipe(run, nargs="?")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder")
-    run.add_argument("--num-processes", type=int, default=1, metavar="N",
+    run.add_argument("--num-processes", type=positive_int, default=1, metavar="N",
                      help="data-parallel training in N local processes (DDP; gloo on CPU, NCCL on GPUs)")
     run.add_argument("--output-dir", help="parent folder of the run folder (default: the recipe's run.output_dir)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -28,7 +28,7 @@ def launch_processes(args) -> int:
     picks up the process group from its environment (as with ``accelerate launch``)."""
     import torch
 
-    argv = list(sys.argv[1:])
+    argv = list(args.argv)  # the command's own arguments: main([...]) is not the process's sys.argv
     cut = [i for i, a in enumerate(argv) if a == "--num-processes" or a.startswith("--num-processes=")]
     for i in reversed(cut):
         del argv[i:i + (1 if "=" in argv[i] else 2)]
@@ -46,9 +46,15 @@ def main(args) -> int:
     from kdengine import api
     from kdengine.reporting.tables import generation_table, table
 
-    if args.num_processes < 1:
-        raise KDEngineError("--num-processes: must be at least 1")
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        if args.recipe and not args.resume:  # a recipe the processes cannot share stops here, with exit 2
+            from kdengine.recipe import load_recipe
+            from kdengine.recipe.stages import plan_stages
+            from kdengine.train.run import check_batch_split
+
+            recipe = load_recipe(args.recipe, args.overrides)
+            plans = plan_stages(recipe)
+            check_batch_split(recipe, plans, plans, args.num_processes)
         return launch_processes(args)
     if args.resume:
         if args.recipe or args.overrides or args.seeds or args.teacher_from:

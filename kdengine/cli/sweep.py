@@ -3,7 +3,7 @@ sizes, one teacher for all; parameters, test metric and CPU latency per point.""
 
 from __future__ import annotations
 
-from kdengine.cli._args import add_recipe
+from kdengine.cli._args import add_recipe, positive_int
 
 
 def add_parser(sub) -> None:
@@ -22,9 +22,9 @@ def add_parser(sub) -> None:
                        help="with --teacher-from: that run's stage NAME teaches instead (a progressive chain's "
                             "generation, by its name or as gen<N>); its model becomes the teacher")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue a killed sweep in its folder")
-    sweep.add_argument("--latency-runs", type=int, default=10, metavar="N",
+    sweep.add_argument("--latency-runs", type=positive_int, default=10, metavar="N",
                        help="timed runs per latency measurement (the median is reported)")
-    sweep.add_argument("--calibration-images", type=int, default=256, metavar="N",
+    sweep.add_argument("--calibration-images", type=positive_int, default=256, metavar="N",
                        help="train images that calibrate the int8 ranges (default 256)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -18,7 +18,7 @@ from typing import Callable
 from accelerate.utils import set_seed
 from torch import nn
 
-from kdengine.errors import located
+from kdengine.errors import KDEngineError, located
 from kdengine.io.rundir import RunFolder
 from kdengine.io.state import TrainingState
 from kdengine.plugins.catalog import get_catalog
@@ -135,6 +135,25 @@ def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, load: Callable[[], 
                        checkpoint=str(checkpoint) if checkpoint is not None else None, generation=plan.generation)
 
 
+def check_batch_split(recipe: Recipe, plans: list, trained: list, processes: int) -> None:
+    """Each process takes an equal share of every batch (the recipe's batch sizes are global), so
+    each batch size a stage uses must be a multiple of the process count: checked before the run
+    folder exists, with the field to change."""
+    if processes == 1:
+        return
+    for plan in plans:
+        keys = ("batch_size", "eval_batch_size") if plan in trained else ("eval_batch_size",)
+        for key in keys:
+            if key == "eval_batch_size" and plan.train.eval_batch_size is None:
+                key = "batch_size"  # evaluation then runs at the training batch size
+            value = getattr(plan.train, key)
+            if value % processes:
+                field = f"train.{key}" if value == getattr(recipe.train, key) else f"{plan.where}.train.{key}"
+                raise KDEngineError(f"{recipe.source}: {field}: {value} does not split evenly over {processes} "
+                                    f"processes (each takes an equal share of a batch); make it a multiple of "
+                                    f"{processes}")
+
+
 def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Path | None = None,
             folder_name: str | None = None, resume_dir: Path | None = None,
             shared_teacher: StageResult | None = None) -> Results:
@@ -165,6 +184,8 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
             model = factories[plan.name].build(info)
         for stage in (p for p in trained if describe(p.spec) == described):
             checkpointed_modules(model, stage.train, recipe.source, described)
+
+    check_batch_split(recipe, plans, trained, accelerator.num_processes)
 
     finished: dict[str, StageResult] = {}
     if resume_dir is not None:
