@@ -48,8 +48,16 @@ def accumulate(accelerator: Accelerator, objective: nn.Module, weights: list[flo
             _, values = objective(x, y, t_out, t_feats)
             values = [v.float() for v in values]  # the sum and its check in float32 whatever autocast gave
             total = sum(w * v for w, v in zip(weights, values))
-        if not torch.isfinite(total):
+        finite = torch.isfinite(total)
+        if not finite:
             bad = [n for n, v in zip(term_names, values) if not torch.isfinite(v)]
+        if accelerator.num_processes > 1:
+            # Every process must skip together: one that returned before its backward would leave
+            # the others' gradient all-reduce waiting for it, then pair it with its next batch.
+            finite = everywhere(accelerator, finite)
+            if not finite and torch.isfinite(total):
+                return None, None, "non-finite loss on another process"
+        if not finite:
             return None, None, f"non-finite loss (terms: {', '.join(bad) or 'total'})"
         share = 1.0 if whole else (rows_slice.stop - rows_slice.start) / rows
         # Gradients of all but the last micro-batch stay local (no DDP all-reduce until the last).
@@ -59,6 +67,15 @@ def accumulate(accelerator: Accelerator, objective: nn.Module, weights: list[flo
         total_sum = total_sum + total.detach().float() * share
         value_sums = [s + v.detach().float() * share for s, v in zip(value_sums, values)]
     return total_sum, value_sums, None
+
+
+def everywhere(accelerator: Accelerator, flag: torch.Tensor) -> bool:
+    """Whether ``flag`` holds on every process (one all-reduce of a single number)."""
+    import torch.distributed as dist
+
+    agreed = flag.to(device=accelerator.device, dtype=torch.int32).reshape(1)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
 
 
 #: Under fp16, a scale below this after a skipped step means the gradients are non-finite
