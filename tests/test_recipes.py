@@ -20,6 +20,8 @@ RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 NEEDS_EXTERNAL = {
     "cifar100.toml": "data.params.root: CIFAR-100 not found",
     "cifar100-progressive.toml": "data.params.root: CIFAR-100 not found",
+    "cifar100-resnet32x4-resnet8x4.toml": "data.params.root: CIFAR-100 not found",
+    "cifar100-resnet50-mobilenetv2.toml": "data.params.root: CIFAR-100 not found",
     "edge-bsds500.toml": "data",
     "sr-paper.toml": "VGG",
 }
