@@ -202,3 +202,35 @@ def test_validate_says_what_micro_batches_would_not_see_whole(tiny_recipe):
     assert report.micro_batch_coupled["scratch"][0].startswith("BatchNorm (")
     line = next(l for l in report.lines() if "train.max_memory: distilled:" in l)
     assert "dist and BatchNorm" in line and "not the whole batch" in line
+
+
+def test_a_resumed_stage_keeps_its_recorded_micro_batch(tiny_recipe, tmp_path, monkeypatch):
+    """A stage interrupted after epoch 1 goes on with the micro-batch it measured then, even where
+    a measurement now would give another (before, it trained on the new one under the old record)."""
+    from conftest import interrupt_after_epoch
+
+    import kdengine.train.stage as stage_module
+    from types import SimpleNamespace
+
+    recipe = copy.deepcopy(tiny_recipe)
+    recipe["train"].update(max_memory="1GiB", baseline=False, epochs=2)
+    measured = {"rows": 8}  # what a measurement gives: 8 in the first run, 4 after the interruption
+    monkeypatch.setattr(stage_module, "plan_memory", lambda *args: SimpleNamespace(micro_batch=measured["rows"],
+                                                                                  coupled=[]))
+    used = []
+    real_step = stage_module.train_step
+
+    def spy(*args):
+        used.append(args[-1])
+        return real_step(*args)
+
+    monkeypatch.setattr(stage_module, "train_step", spy)
+    interrupt_after_epoch(monkeypatch, "distilled", 1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        kdengine.run(recipe, progress=False, output_dir=tmp_path)
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    assert set(used) == {8}
+    used.clear()
+    measured["rows"] = 4
+    resumed = kdengine.resume(run_dir, progress=False)
+    assert set(used) == {8} and resumed.stage("distilled").micro_batch == 8

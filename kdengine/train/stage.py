@@ -131,7 +131,11 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         objective = set_up_objective(model, terms, inputs, targets, lambda x: first(x, slice(0, len(x))),
                                      device=ctx.device, names=term_names)
     micro_batch, coupled = None, []
-    if train.max_memory is not None:
+    if train.max_memory is not None and resume is not None:
+        # a resumed stage goes on with the micro-batch it was measured with: one measured now (on
+        # a busier device, say) would change the gradients mid-stage and contradict the record
+        micro_batch, coupled = resume.result.micro_batch, list(resume.result.micro_batch_coupled)
+    elif train.max_memory is not None:
         provisional = [1.0 if w == AUTO else w for w in weights]  # weights do not change the memory
         memory_plan = plan_memory(ctx, train, objective, provisional, term_names, inputs, targets, first)
         micro_batch, coupled = memory_plan.micro_batch, memory_plan.coupled
