@@ -58,6 +58,16 @@ class TrainingState:
     result: StageResult
     #: The fp16 gradient scaler's state (its scale and growth count); None in other precisions.
     scaler: dict | None = None
+    #: Every process's generators, in process order, under several processes (``rng`` is the
+    #: first's): each process resumes with its own (its dropout draws, its own device's CUDA state).
+    rngs: list[dict] | None = None
+
+    def rng_for(self, process: int, processes: int) -> dict:
+        """The generators process ``process`` of ``processes`` resumes with: its own where the
+        state holds one per process of a run of that size, the first process's otherwise."""
+        if self.rngs is not None and len(self.rngs) == processes:
+            return self.rngs[process]
+        return self.rng
 
     def save(self, path: Path) -> None:
         payload = {
@@ -69,6 +79,7 @@ class TrainingState:
             "best_value": self.best_value,
             "result": self.result.model_dump_json(),
             "scaler": self.scaler,
+            "rngs": self.rngs,
         }
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -82,4 +93,5 @@ class TrainingState:
             epoch=payload["epoch"], objective=payload["objective"], optimizer=payload["optimizer"],
             schedule=payload["schedule"], rng=payload["rng"], best_value=payload["best_value"],
             result=StageResult.model_validate_json(payload["result"]), scaler=payload.get("scaler"),
+            rngs=payload.get("rngs"),
         )

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from itertools import islice
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 
 from kdengine.errors import DataError, TrainingError, located
@@ -65,13 +65,16 @@ class EpochKeeper:
             self.best_value, result.best, result.best_epoch = record.metrics[self.monitor], record.metrics, record.epoch
         result.scaler_skipped += record.scaler_skipped
         ctx.folder.log_epoch(stage, record)
+        rngs = None
+        if accelerator.num_processes > 1:  # every process's generators, for each to resume with its own
+            rngs = gather_object([rng_state()])
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(objective)
             ctx.folder.save_checkpoint(stage, unwrapped.student, best=improved)
             result.seconds = time.perf_counter() - self.started
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             TrainingState(record.epoch, unwrapped.state_dict(), optimizer.state_dict(), schedule.state_dict(),
-                          rng_state(), self.best_value, result, scaler).save(ctx.folder.state_path(stage))
+                          rng_state(), self.best_value, result, scaler, rngs).save(ctx.folder.state_path(stage))
             ctx.tracking.log_epoch(stage, record)  # after the state: a resume never logs it twice
 
 
@@ -160,7 +163,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         objective.load_state_dict(resume.objective)
         optimizer.load_state_dict(resume.optimizer)
         schedule.load_state_dict(resume.schedule)
-        set_rng_state(resume.rng)
+        set_rng_state(resume.rng_for(accelerator.process_index, accelerator.num_processes))
         if accelerator.scaler is not None and resume.scaler:
             accelerator.scaler.load_state_dict(resume.scaler)
         result, best_value, first_epoch = resume.result, resume.best_value, resume.epoch + 1
