@@ -351,3 +351,34 @@ def test_tiny_edge_run_balances_soft_bce_against_weighted_bce(tmp_path):
     assert weights["weighted_bce"] == 0.5
     assert math.isfinite(weights["soft_bce"]) and weights["soft_bce"] > 0
     assert results.stage("teacher").loss_weights == {}  # nothing auto left without a teacher
+
+
+def test_every_process_measures_the_auto_weights_on_the_whole_batch():
+    """Under two processes each process is given the whole batch: both shares, each augmented and
+    taught as its own process trains on it (before, each measured on its share alone, so the
+    weights depended on the process count)."""
+    from types import SimpleNamespace
+
+    from kdengine.train.balance import first_batches
+
+    batch = (torch.arange(8.0).reshape(4, 2), torch.tensor([0, 1, 2, 3]))
+
+    class Loader(list):
+        sampler = SimpleNamespace(set_epoch=lambda epoch: None)
+
+    class Source:
+        def step(self, epoch, step, process):  # a teacher whose output says which process asked
+            return lambda inputs, rows: (inputs[rows] * 2 + process, {"f": inputs[rows] + 10 * process})
+
+    for process in (0, 1):
+        ctx = SimpleNamespace(train_loader=lambda train: Loader([batch]), device=torch.device("cpu"),
+                              accelerator=SimpleNamespace(num_processes=2, process_index=process))
+        plan = SimpleNamespace(train=SimpleNamespace(channels_last=False))
+        augment = lambda x, y, epoch, step, process: (x + 100 * process, y)  # noqa: E731
+        ((inputs, targets, teach),) = list(first_batches(ctx, plan, augment, Source(), 1))
+        x = batch[0]
+        expected = torch.cat([x[:2], x[2:] + 100])
+        assert torch.equal(inputs, expected) and torch.equal(targets, batch[1])
+        out, feats = teach(inputs, slice(1, 3))  # a micro-batch across the two shares
+        assert torch.equal(out, torch.cat([expected[:2] * 2, expected[2:] * 2 + 1])[1:3])
+        assert torch.equal(feats["f"], torch.cat([expected[:2], expected[2:] + 10])[1:3])

@@ -28,7 +28,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
-from accelerate.utils import find_batch_size, slice_tensors
+from accelerate.utils import concatenate, find_batch_size, slice_tensors
 
 from kdengine.errors import KDEngineError, RecipeError
 from kdengine.io.state import rng_state, set_rng_state
@@ -169,18 +169,33 @@ def loss_labels(recipe: Recipe, specs: list[LossSpec]) -> list[str]:
 
 def first_batches(ctx: "RunContext", plan: "StagePlan", augment: "BatchAugmentStream", source: TeacherSource,
                   count: int) -> Iterable[Batch]:
-    """The stage's first ``count`` training batches of epoch 1 as this process trains on them:
-    its share of the rows (``split_batches``), augmented and taught under the same seeds."""
+    """The stage's first ``count`` training batches of epoch 1, whole on every process: each
+    process's share of the rows (``split_batches``) augmented and taught as that process trains on
+    it, put back together. The "auto" weights measured on them then do not depend on the process
+    count: the gradient of a share of the rows is noisier, its norm larger, than the whole batch's."""
     loader = ctx.train_loader(plan.train)
     loader.sampler.set_epoch(1)
-    process, processes = ctx.accelerator.process_index, ctx.accelerator.num_processes
+    processes = ctx.accelerator.num_processes
     for step, batch in enumerate(islice(loader, count)):
         batch = to_device(batch, ctx.device)
-        if processes > 1:
-            share = find_batch_size(batch) // processes
-            batch = slice_tensors(batch, slice(process * share, (process + 1) * share))
-        inputs, targets = augment(*batch, epoch=1, step=step, process=process)
-        yield prepare_inputs(inputs, plan.train.channels_last), targets, source.step(1, step, process)
+        if processes == 1:
+            inputs, targets = augment(*batch, epoch=1, step=step, process=0)
+            yield prepare_inputs(inputs, plan.train.channels_last), targets, source.step(1, step, 0)
+            continue
+        share = find_batch_size(batch) // processes
+        parts = [augment(*slice_tensors(batch, slice(p * share, (p + 1) * share)), epoch=1, step=step, process=p)
+                 for p in range(processes)]
+        taught = [source.step(1, step, p)(prepare_inputs(x, plan.train.channels_last), slice(0, share))
+                  for p, (x, _) in enumerate(parts)]
+        inputs = prepare_inputs(torch.cat([x for x, _ in parts]), plan.train.channels_last)
+        yield inputs, concatenate([y for _, y in parts]), whole_batch_teacher(taught)
+
+
+def whole_batch_teacher(taught: list[tuple[Any, dict[str, torch.Tensor]]]) -> StepTeacher:
+    """One step's teacher for the whole batch, from each process's share of its outputs in order."""
+    outputs = None if taught[0][0] is None else concatenate([out for out, _ in taught])
+    features = {path: torch.cat([feats[path] for _, feats in taught]) for path in taught[0][1]}
+    return lambda inputs, rows: slice_tensors((outputs, features), rows)
 
 
 def balance_stage(ctx: "RunContext", plan: "StagePlan", objective: StudentObjective, specs: list[LossSpec],
