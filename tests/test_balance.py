@@ -345,11 +345,25 @@ TINY_EDGE = {
 }
 
 
-def test_tiny_edge_run_balances_soft_bce_against_weighted_bce(tmp_path):
+def test_tiny_edge_run_balances_soft_bce_against_weighted_bce(tmp_path, monkeypatch):
+    from kdengine.train import balance
+
+    measured = []
+    real = balance.measure_gradient_norms
+
+    def spy(*args, **kwargs):
+        measured.append(real(*args, **kwargs))
+        return measured[-1]
+
+    monkeypatch.setattr(balance, "measure_gradient_norms", spy)
     results = kdengine.run(copy.deepcopy(TINY_EDGE), progress=False, output_dir=tmp_path)
     weights = results.stage("distilled").loss_weights
     assert weights["weighted_bce"] == 0.5
-    assert math.isfinite(weights["soft_bce"]) and weights["soft_bce"] > 0
+    ((sums, counted),) = measured  # the distilled stage's one measurement
+    norms = [total / counted for total in sums]
+    # share 0.5: the weighted soft_bce gradient is as large as the fixed weighted_bce one
+    assert weights["soft_bce"] * norms[1] == pytest.approx(0.5 * norms[0], rel=1e-6)
+    assert norms[1] > 0 and weights["soft_bce"] != 0.5
     assert results.stage("teacher").loss_weights == {}  # nothing auto left without a teacher
 
 

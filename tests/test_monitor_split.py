@@ -146,3 +146,32 @@ def test_evaluate_rescores_a_finished_run(tiny_recipe, tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     with pytest.raises(KDEngineError, match="--metric"):
         kdengine.evaluate(run_dir, metrics=["top1_typo"])
+
+
+def test_test_is_scored_with_the_val_best_weights_and_with_the_last(tiny_recipe, tmp_path, monkeypatch):
+    """The test scores come from the weights they are labelled with: a test-split score here is a
+    fingerprint of the model scored, compared with the stage's best and last checkpoints."""
+    from safetensors.torch import load_file
+
+    original_val, original_test = Digits.val_set, Digits.test_set
+    monkeypatch.setattr(Digits, "val_set", lambda self: Marked(original_val(self), "val"))
+    monkeypatch.setattr(Digits, "test_set", lambda self: Marked(original_test(self), "test"))
+    val_calls = []
+
+    def fingerprint(tensors) -> float:
+        return float(sum(t.double().sum() for t in tensors))
+
+    def score(self, model, loader, channels_last):
+        if loader.dataset.split == "val":
+            val_calls.append(1)
+            return {"top1": VAL[(len(val_calls) - 1) % 3], "top5": 1.0}
+        return {"top1": fingerprint(model.state_dict().values()), "top5": 1.0}
+
+    monkeypatch.setattr(Scorer, "__call__", score)
+    results = kdengine.run(epoch_recipe(tiny_recipe), output_dir=tmp_path, progress=False)
+    distilled = results.stage("distilled")
+    assert distilled.best_epoch == 2
+    for which, scored in (("best", distilled.test_best), ("last", distilled.test_last)):
+        saved = load_file(f"{results.run_dir}/checkpoints/distilled/{which}.safetensors")
+        assert scored["top1"] == pytest.approx(fingerprint(saved.values()), rel=1e-9), which
+    assert distilled.test_best["top1"] != pytest.approx(distilled.test_last["top1"], rel=1e-9)
