@@ -466,3 +466,12 @@ def test_cache_views_replays_fewer_epochs_of_batches_than_the_student_trains(tin
     with pytest.raises(KDEngineError, match="cache_views: only the teacher-output cache"):
         kdengine.run({**recipe, "teacher": {**recipe["teacher"], "cache": False}}, progress=False,
                      output_dir=tmp_path / "refused")
+
+
+def test_a_teacher_without_a_weights_file_is_keyed_by_its_state_including_zero_dim_buffers():
+    from kdengine.teacher.cache import tensor_digest
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # num_batches_tracked is 0-d
+    digest = tensor_digest(model)
+    model[1].num_batches_tracked += 1
+    assert tensor_digest(model) != digest

@@ -220,9 +220,9 @@ def test_a_resumed_stage_keeps_its_recorded_micro_batch(tiny_recipe, tmp_path, m
     used = []
     real_step = stage_module.train_step
 
-    def spy(*args):
-        used.append(args[-1])
-        return real_step(*args)
+    def spy(*args, **kwargs):
+        used.append(args[-1])  # the micro-batch
+        return real_step(*args, **kwargs)
 
     monkeypatch.setattr(stage_module, "train_step", spy)
     interrupt_after_epoch(monkeypatch, "distilled", 1)

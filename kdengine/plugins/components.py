@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import torch
+from accelerate.utils import slice_tensors
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -134,6 +135,11 @@ class DatasetProvider(Component):
         """
         return None
 
+    def split_files(self, split: str) -> list[Path] | None:
+        """The files a split's images come from (``split``: train, val or test), so that a transfer
+        set that holds a val or test image is refused; None (the default): not known."""
+        return None
+
     def info(self) -> DataInfo:
         raise NotImplementedError
 
@@ -196,6 +202,21 @@ class LossContext:
     #: Tapped intermediate features, keyed by module path (see ``LossTerm.student_taps``).
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: With a transfer set (``[data.transfer]``): the first ``labelled`` rows are the labelled ones,
+    #: the rest transfer images the teacher alone labels; ``targets`` holds the labelled rows only.
+    #: None: every row is labelled.
+    labelled: int | None = None
+
+    def labelled_rows(self) -> "LossContext":
+        """The context of the labelled rows alone (itself when every row is labelled): what a term
+        that compares with the labels sees."""
+        if self.labelled is None:
+            return self
+        rows = slice(0, self.labelled)
+        cut = lambda value: slice_tensors(value, rows) if value is not None else None  # noqa: E731
+        return LossContext(inputs=cut(self.inputs), targets=self.targets, student=cut(self.student),
+                           teacher=cut(self.teacher), student_features=cut(self.student_features),
+                           teacher_features=cut(self.teacher_features))
 
 
 class LossTerm(nn.Module):
@@ -209,6 +230,14 @@ class LossTerm(nn.Module):
     summary: ClassVar[str] = ""
     #: Terms that compare with the teacher are left out of the teacher and baseline stages.
     needs_teacher: ClassVar[bool] = False
+    #: Whether the term reads the labels (``ctx.targets``): such a term sees the labelled rows only
+    #: of a batch that carries transfer images. None: it does exactly when it needs no teacher; a
+    #: distillation term that also reads the labels (DKD's target class) says True.
+    needs_labels: ClassVar[bool | None] = None
+
+    @classmethod
+    def reads_labels(cls) -> bool:
+        return (not cls.needs_teacher) if cls.needs_labels is None else cls.needs_labels
     #: Whether the term is a mean of per-sample values, so that micro-batches under
     #: ``train.max_memory`` accumulate to the whole batch's gradient. False for a term that
     #: compares the samples of a batch with each other (in-batch negatives, batch correlations).

@@ -100,6 +100,8 @@ def _component_problems(recipe: Recipe) -> list[str]:
         ("dataset", "data", recipe.data),
         ("teacher", "teacher", recipe.teacher),
     ]
+    if recipe.data.transfer is not None:
+        specs.append(("dataset", "data.transfer", recipe.data.transfer))
     if recipe.student is not None:
         specs.append(("student", "student", recipe.student))
     specs += [("student", f"generation[{i}].student", g.student) for i, g in enumerate(recipe.generation or [])]

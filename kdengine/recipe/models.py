@@ -68,6 +68,18 @@ class LossSpec(ComponentSpec):
         return self
 
 
+class TransferSpec(ComponentSpec):
+    """``[data.transfer]``: a dataset whose train images enter the taught stages with the
+    teacher's outputs as their only targets (Beyer et al. 2022: the teacher labels what the labels
+    do not cover). Its labels, if it has any, are never read."""
+
+    #: Transfer rows added to every step, per labelled row of the batch (1.0: as many as the batch).
+    ratio: float = Field(1.0, gt=0, le=16)
+
+    def rows(self, batch_size: int) -> int:
+        return max(1, round(batch_size * self.ratio))
+
+
 class DataSpec(ComponentSpec):
     """The ``[data]`` table: the dataset's name and params, and what to do with bad samples."""
 
@@ -75,6 +87,8 @@ class DataSpec(ComponentSpec):
     #: image and label sizes disagree: stop with an error naming the file, or leave the sample
     #: out and report the count (and the files) in the results and a warning at the start.
     on_bad_sample: Literal["error", "skip"] = "error"
+    #: Images the teacher alone labels, beside the labelled ones (None: none).
+    transfer: TransferSpec | None = None
 
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
@@ -286,6 +300,15 @@ class Recipe(_Section):
     train: TrainSpec
     loss: list[LossSpec] = Field(min_length=1)
     metric: list[ComponentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _transfer_in_one_pass(self) -> "Recipe":
+        # a batch of labelled and transfer rows is trained in one pass: its split into micro-batches
+        # would have to keep the labels with their rows, which it does not
+        if self.data.transfer is not None and self.train.max_memory is not None:
+            raise ValueError("data.transfer: a transfer set trains each batch in one pass; it cannot be "
+                             "combined with train.max_memory (lower train.batch_size or data.transfer.ratio)")
+        return self
 
     @model_validator(mode="after")
     def _student_or_generations(self) -> "Recipe":

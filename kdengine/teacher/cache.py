@@ -57,7 +57,8 @@ def tensor_digest(model: nn.Module) -> str:
     for name, value in sorted(model.state_dict().items()):
         value = value.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # reshape first: a 0-d tensor (BatchNorm's num_batches_tracked) has no byte view of its own
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 

@@ -73,10 +73,14 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
             f"{recipe.source}: train.batch_size: {train.batch_size} (and the last batch, {sizes[-1]}) must "
             f"divide evenly over {processes} processes for the teacher cache"
         )
+    transfer = ctx.transfer  # its rows follow each process's labelled rows, in the cache as in training
+    if transfer is not None and transfer.rows % processes:
+        raise KDEngineError(f"{recipe.source}: data.transfer.ratio: {transfer.rows} transfer rows per step do not "
+                            f"divide evenly over {processes} processes for the teacher cache")
     problem = topk_problem(None, feature_paths) if recipe.teacher.cache_topk is not None else None
     if problem is not None:  # known before anything is built; a dense output shows at the first batch
         raise KDEngineError(f"{recipe.source}: {problem}")
-    layout = Layout(tuple(sizes), processes)
+    layout = Layout(tuple(size + (transfer.rows if transfer is not None else 0) for size in sizes), processes)
     augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
 
     def batches(epoch: int):
@@ -91,6 +95,8 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
             for process in range(processes):  # each process augments its own share
                 piece = slice_tensors(batch, slice(process * share, (process + 1) * share)) if processes > 1 else batch
                 inputs, _ = augment(*piece, epoch=epoch, step=step, process=process)
+                if transfer is not None:
+                    inputs = torch.cat([inputs, transfer.batch(epoch, step, process, processes).to(inputs.device)])
                 pieces.append(prepare_inputs(inputs, train.channels_last))
             yield pieces[0] if processes == 1 else torch.cat(pieces)
 
@@ -106,6 +112,8 @@ def open_teacher_cache(ctx: "RunContext", plan: "StagePlan", source: "CachedTeac
     stream = teacher_key(ctx, source.kind, source.spec, source.weights_key()).with_parts(
         train_rows=rows, seed=ctx.seed, batch_size=train.batch_size, features=feature_paths,
         output_topk=recipe.teacher.cache_topk)
+    if transfer is not None:  # only then: the caches of runs without a transfer set keep their keys
+        stream = stream.with_parts(transfer=transfer.key())
 
     def key_for(setting: InferenceSetting) -> CacheKey:
         return stream.with_parts(teacher_inference=[setting.precision, setting.channels_last])

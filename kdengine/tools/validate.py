@@ -47,6 +47,7 @@ from kdengine.train.models import count_parameters, describe
 from kdengine.train.objective import (build_loss_terms, check_taps, set_up_and_run, set_up_objective, tap_paths,
                                       term_keys)
 from kdengine.train.tensors import prepare_inputs
+from kdengine.train.transfer import open_transfer
 
 #: Rows of the batch each candidate of ``teacher.precision = "auto"`` is timed on: enough to rank
 #: them (a U-Net with a ResNet-34 encoder at 256 px ranks its four the same on 2, 4 and 16 rows),
@@ -149,6 +150,7 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
         by_architecture.setdefault(describe(plan.spec), models[plan.name])
 
     train_set, _, _ = open_splits(recipe, provider)  # a missing val split stops the dry run as it would the run
+    open_transfer(recipe, provider, recipe.run.seed)  # an empty or overlapping transfer set stops it too
     with located(recipe.source, "data"):
         loader = DataLoader(train_set, batch_size=min(recipe.train.batch_size, len(train_set)), shuffle=False,
                             collate_fn=provider.collate_fn())

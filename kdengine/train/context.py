@@ -40,6 +40,8 @@ class RunContext:
     progress: bool
     scorer: Scorer | None = None
     tracking: RunTracking = field(default_factory=RunTracking)
+    #: ``[data.transfer]``'s rows of every step, for the taught stages (None: no transfer set).
+    transfer: Any = None
 
     @property
     def device(self) -> torch.device:

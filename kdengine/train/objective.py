@@ -122,7 +122,7 @@ class StudentObjective(nn.Module):
         self.terms = nn.ModuleList(terms)
         self.taps = FeatureTaps(student, student_paths, role="student") if student_paths else None
 
-    def context(self, inputs, targets, teacher_out, teacher_features) -> LossContext:
+    def context(self, inputs, targets, teacher_out, teacher_features, labelled: int | None = None) -> LossContext:
         output = self.student(inputs)
         return LossContext(
             inputs=inputs,
@@ -131,11 +131,15 @@ class StudentObjective(nn.Module):
             teacher=teacher_out,
             student_features=self.taps.collect() if self.taps else {},
             teacher_features=teacher_features,
+            labelled=labelled,
         )
 
-    def forward(self, inputs, targets, teacher_out=None, teacher_features=None):
-        ctx = self.context(inputs, targets, teacher_out, teacher_features or {})
-        return ctx.student, [term(ctx) for term in self.terms]
+    def forward(self, inputs, targets, teacher_out=None, teacher_features=None, labelled: int | None = None):
+        """The student's output and each term's value. ``labelled``: the batch's first rows that are
+        labelled (the rest are transfer images): a term that reads the labels sees those alone."""
+        ctx = self.context(inputs, targets, teacher_out, teacher_features or {}, labelled)
+        own = ctx.labelled_rows()
+        return ctx.student, [term(own if term.reads_labels() else ctx) for term in self.terms]
 
     def close(self) -> None:
         if self.taps is not None:

@@ -41,6 +41,7 @@ from kdengine.train.context import RunContext, open_dataset, open_splits, warn_s
 from kdengine.train.evaluate import Scorer, build_metrics
 from kdengine.train.models import count_parameters, describe, ready_to_teach
 from kdengine.train.stage import train_stage
+from kdengine.train.transfer import open_transfer
 
 
 class StageWeights:
@@ -173,6 +174,7 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     factories = {plan.name: catalog.get(plan.role, plan.spec.name)(plan.spec.params) for plan in plans}
     given = given_teacher(recipe, factories["teacher"], info)
     train_set, monitor_set, test_set = open_splits(recipe, provider)
+    transfer = open_transfer(recipe, provider, seed)
     skipped = provider.skipped_samples()
     if skipped and accelerator.is_main_process:
         warn_skipped(recipe, skipped)
@@ -200,7 +202,7 @@ def run_one(recipe: Recipe, seed: int, *, progress: bool = True, output_dir: Pat
     with located(recipe.source, "metric"):
         scorer = Scorer(accelerator, provider, build_metrics(recipe, info))
     ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, monitor_set, test_set, folder, progress,
-                     scorer)
+                     scorer, transfer=transfer)
     ctx.tracking = RunTracking.start(accelerator, recipe, folder, resumed=resume_dir is not None)
 
     results = Results(name=recipe.run.name, run_dir=str(folder.path), seed=seed, monitor=monitor,

@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 
-from kdengine.errors import DataError, TrainingError, located
+from kdengine.errors import DataError, KDEngineError, TrainingError, located
 from kdengine.io.state import TrainingState, rng_state, set_rng_state
 from kdengine.plugins.components import ModelFactory
 from kdengine.recipe import monitored_metric
@@ -123,6 +123,10 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
     steps = steps_per_epoch(len(ctx.train_set), train)
     augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
+    transfer = ctx.transfer if source.teaches else None  # the baselines and the teacher never see it
+    if transfer is not None and transfer.rows % accelerator.num_processes:
+        raise KDEngineError(f"{ctx.recipe.source}: data.transfer.ratio: {transfer.rows} transfer rows per step "
+                            f"do not split evenly over {accelerator.num_processes} processes")
 
     inputs, targets = to_device(next(iter(train_loader)), ctx.device)
     inputs = prepare_inputs(inputs, train.channels_last)
@@ -187,9 +191,14 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
             for step, batch in enumerate(islice(train_loader, steps)):
                 inputs, targets = augment(*batch, epoch=data_epoch, step=step, process=accelerator.process_index)
                 inputs = prepare_inputs(inputs, train.channels_last)
+                labelled = None
+                if transfer is not None:  # the teacher alone labels these rows, after the labelled ones
+                    extra = transfer.batch(data_epoch, step, accelerator.process_index, accelerator.num_processes)
+                    labelled, inputs = inputs.shape[0], torch.cat([inputs, prepare_inputs(
+                        extra.to(ctx.device), train.channels_last)])
                 teach = source.step(data_epoch, step, accelerator.process_index)
                 done = train_step(accelerator, objective, optimizer, schedule, train, epoch_weights, term_names,
-                                  inputs, targets, teach, micro_batch)
+                                  inputs, targets, teach, micro_batch, labelled=labelled)
                 if done.problem is not None:
                     on_problem(train, plan.name, done.problem, epoch, step, checkpoints)
                     skipped += 1

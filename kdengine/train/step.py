@@ -28,13 +28,16 @@ from kdengine.train.optim import Schedule
 
 
 def accumulate(accelerator: Accelerator, objective: nn.Module, weights: list[float], term_names: list[str],
-               inputs: torch.Tensor, targets: Any, teach: StepTeacher, micro_batch: int | None):
+               inputs: torch.Tensor, targets: Any, teach: StepTeacher, micro_batch: int | None,
+               labelled: int | None = None):
     """Forward and backward one batch, as micro-batches of ``micro_batch`` rows with gradient
     accumulation when given (each micro-batch's loss weighted by its share of the rows, so the
     gradient is the batch's). ``teach(inputs, rows)`` gives the teacher's outputs for a slice.
-    Returns the batch's total loss and each term's (detached), and a problem (non-finite loss)."""
+    Returns the batch's total loss and each term's (detached), and a problem (non-finite loss).
+    ``labelled``: the batch's first rows that carry labels, the rest being transfer images (the
+    recipe refuses micro-batches with a transfer set, so such a batch is one pass)."""
     rows = inputs.shape[0]
-    if micro_batch is None or micro_batch >= rows:
+    if micro_batch is None or micro_batch >= rows or labelled is not None:
         bounds = [slice(0, rows)]
     else:
         bounds = [slice(a, min(a + micro_batch, rows)) for a in range(0, rows, micro_batch)]
@@ -45,7 +48,7 @@ def accumulate(accelerator: Accelerator, objective: nn.Module, weights: list[flo
         y = targets if whole else slice_tensors(targets, rows_slice)
         with accelerator.autocast():
             t_out, t_feats = teach(x, rows_slice)
-            _, values = objective(x, y, t_out, t_feats)
+            _, values = objective(x, y, t_out, t_feats, labelled) if labelled is not None else objective(x, y, t_out, t_feats)
             values = [v.float() for v in values]  # the sum and its check in float32 whatever autocast gave
             total = sum(w * v for w, v in zip(weights, values))
         finite = torch.isfinite(total)
@@ -96,10 +99,11 @@ class StepOutcome:
 
 def train_step(accelerator: Accelerator, objective: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                train: TrainSpec, weights: list[float], term_names: list[str], inputs: torch.Tensor, targets: Any,
-               teach: StepTeacher, micro_batch: int | None) -> StepOutcome:
-    """Forward, backward and update on one batch (``optimizer`` prepared by ``accelerator``)."""
+               teach: StepTeacher, micro_batch: int | None, labelled: int | None = None) -> StepOutcome:
+    """Forward, backward and update on one batch (``optimizer`` prepared by ``accelerator``);
+    ``labelled``: see :func:`accumulate`."""
     total, values, problem = accumulate(accelerator, objective, weights, term_names, inputs, targets,
-                                        teach, micro_batch)
+                                        teach, micro_batch, labelled)
     scaler = accelerator.scaler
     if problem is None and (train.grad_clip or scaler is None):
         # Accelerate unscales fp16 gradients first, so the clip applies to the true gradients.

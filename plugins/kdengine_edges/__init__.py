@@ -12,6 +12,7 @@ from kdengine import hookimpl
 from kdengine_edges.bsds import BSDS500
 from kdengine_edges.dense_kd import ChannelWiseDistillation, PixelKL, SoftBCE
 from kdengine_edges.folder import EdgeFolder
+from kdengine_edges.photos import PhotoFolder
 from kdengine_edges.losses import BalancedBCE, SigmoidMSE, WeightedBCE
 from kdengine_edges.metrics import Dice, OdsOis
 from kdengine_edges.models import UNet
@@ -33,6 +34,7 @@ def register_datasets(register):
     register("bsds500", BSDS500)
     register("synthetic_edges", SyntheticEdges)
     register("edge_folder", EdgeFolder)
+    register("photo_folder", PhotoFolder)
 
 
 @hookimpl

@@ -238,6 +238,11 @@ class BSDS500(EdgeProvider):
                     files.append(mat)
         return fingerprint_files(files, root)
 
+    def split_files(self, split: str) -> list[Path]:
+        """The images of the official splits this recipe gives the role ``split``."""
+        splits = {"train": self.params.train_splits, "val": self.params.val_splits, "test": self.params.test_splits}
+        return [image for name in splits[split] for image in split_images(self.params.root, name)]
+
     def train_set(self) -> torch.utils.data.Dataset:
         p = self.params
         return BSDSTrain(self._records(p.train_splits), p.size, p.min_scale, p.target, p.consensus)

@@ -78,6 +78,7 @@ class DecoupledKD(LossTerm):
     """DKD (Zhao et al., CVPR 2022): target-class and non-target-class KD, weighted apart (alpha * TCKD + beta * NCKD)."""
 
     needs_teacher = True
+    needs_labels = True  # its target-class part reads the label
 
     class Params(Params):
         alpha: float = Field(1.0, ge=0, description="weight of target-class KD (TCKD)")

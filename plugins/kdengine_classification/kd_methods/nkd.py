@@ -57,6 +57,7 @@ class NormalizedKD(LossTerm):
     """NKD (Yang et al., ICCV 2023): teacher-weighted target loss plus KL of the normalized non-target probabilities."""
 
     needs_teacher = True
+    needs_labels = True  # its target term reads the label
 
     class Params(Params):
         temperature: float = Field(1.0, gt=0, description="temperature of the non-target part")

@@ -1,0 +1,202 @@
+"""The transfer set (``[data.transfer]``): images the teacher alone labels join every step of the
+taught stages; the label terms see the labelled rows only, the baselines never see them, and the
+teacher-output cache holds their outputs like the train rows'."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import kdengine
+from kdengine import KDEngineError, LossContext
+from kdengine.plugins.components import LossTerm
+from kdengine.train.objective import StudentObjective
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY_EDGE = {
+    "run": {"name": "edge-transfer", "seed": 0},
+    "data": {"name": "synthetic_edges", "params": {"size": 32, "train_size": 8, "val_size": 4, "test_size": 4}},
+    "teacher": {"name": "unet", "params": {"encoder": "resnet18", "decoder_channels": [16, 16, 16, 16, 8]},
+                "train": {"epochs": 1}},
+    "student": {"name": "unet", "params": {"encoder": "mobilenet_v2", "decoder_channels": [16, 16, 16, 16, 8]}},
+    "train": {"epochs": 2, "batch_size": 4, "optimizer": {"name": "adam", "lr": 3e-4}, "monitor": "dice"},
+    "loss": [{"name": "weighted_bce", "weight": 0.5, "params": {"pos_weight": 10.0}},
+             {"name": "sigmoid_mse", "weight": 0.5}],
+    "metric": [{"name": "dice"}],
+}
+
+
+def photos(folder, count=3, size=(40, 48)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"photo{i}.png")
+    return folder
+
+
+def with_transfer(tmp_path, ratio=0.5, **extra):
+    recipe = copy.deepcopy(TINY_EDGE)
+    recipe["data"]["transfer"] = {"name": "photo_folder", "params": {"roots": [str(photos(tmp_path / "photos"))],
+                                                                     "size": 32}, "ratio": ratio, **extra}
+    return recipe
+
+
+# --------------------------------------------------------------------------------------- the objective
+
+
+class Rows(LossTerm):
+    """Records the rows it sees (student output and targets)."""
+
+    seen: list = []
+
+    def forward(self, ctx: LossContext):
+        type(self).seen.append((ctx.student.shape[0], ctx.targets.shape[0]))
+        return ctx.student.float().mean() * 0
+
+
+class TeacherRows(Rows):
+    needs_teacher = True
+    seen: list = []
+
+
+def test_label_terms_see_the_labelled_rows_and_distillation_terms_every_row():
+    objective = StudentObjective(torch.nn.Linear(3, 2), [Rows(), TeacherRows()], [])
+    inputs, targets, teacher = torch.randn(6, 3), torch.zeros(4, dtype=torch.long), torch.randn(6, 2)
+    objective(inputs, targets, teacher, {}, labelled=4)
+    assert Rows.seen[-1] == (4, 4) and TeacherRows.seen[-1] == (6, 4)
+    objective(inputs[:4], targets, teacher[:4], {})  # no transfer rows: everyone sees the batch
+    assert Rows.seen[-1] == (4, 4) and TeacherRows.seen[-1] == (4, 4)
+
+
+def test_a_distillation_term_that_reads_labels_sees_the_labelled_rows():
+    from kdengine_classification.kd_methods.dkd import DecoupledKD as DKD
+
+    assert DKD.reads_labels() and not TeacherRows.reads_labels() and Rows.reads_labels()
+    ctx = LossContext(inputs=torch.randn(5, 3), targets=torch.tensor([0, 1]), student=torch.randn(5, 4),
+                      teacher=torch.randn(5, 4), student_features={"a": torch.randn(5, 7)}, labelled=2)
+    own = ctx.labelled_rows()
+    assert own.student.shape[0] == own.teacher.shape[0] == own.student_features["a"].shape[0] == 2
+    assert torch.equal(own.student, ctx.student[:2]) and own.labelled is None
+    assert torch.isfinite(DKD()(ctx.labelled_rows()))
+
+
+# --------------------------------------------------------------------------------------- the rows
+
+
+def test_the_rows_of_a_step_are_a_function_of_seed_epoch_and_step_and_split_over_processes(tmp_path):
+    from kdengine.plugins.catalog import get_catalog
+    from kdengine.train.transfer import TransferRows
+
+    provider = get_catalog().get("dataset", "photo_folder")({"roots": [str(photos(tmp_path / "p"))], "size": 16})
+    rows = TransferRows(provider.train_set(), seed=0, rows=4, collate=provider.collate_fn(), name="photos")
+    again = TransferRows(provider.train_set(), seed=0, rows=4, collate=provider.collate_fn(), name="photos")
+    whole = rows.batch(1, 2)
+    assert whole.shape == (4, 3, 16, 16) and torch.equal(whole, again.batch(1, 2))
+    assert torch.equal(torch.cat([rows.batch(1, 2, p, 2) for p in (0, 1)]), whole)
+    assert not torch.equal(rows.batch(2, 2), whole)  # another epoch, another draw
+    draws = [index for step in range(3) for _, index in rows.draws(1, step)]  # 12 draws of 3 images
+    assert sorted(draws) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+# --------------------------------------------------------------------------------------- runs
+
+
+def rows_per_stage(monkeypatch):
+    """The rows of every student forward pass in training, by stage."""
+    import kdengine.train.stage as stage_module
+
+    seen: dict[str, list[tuple[int, int | None]]] = {}
+    real = stage_module.train_step
+
+    def spy(accelerator, objective, optimizer, schedule, train, weights, names, inputs, targets, teach, micro,
+            labelled=None):
+        seen.setdefault(current[0], []).append((inputs.shape[0], labelled))
+        return real(accelerator, objective, optimizer, schedule, train, weights, names, inputs, targets, teach, micro,
+                    labelled=labelled)
+
+    current = [""]
+    real_train_stage = stage_module.train_stage
+
+    def stage_spy(ctx, plan, *args, **kwargs):
+        current[0] = plan.name
+        return real_train_stage(ctx, plan, *args, **kwargs)
+
+    import kdengine.train.run as run_module
+
+    monkeypatch.setattr(stage_module, "train_step", spy)
+    monkeypatch.setattr(run_module, "train_stage", stage_spy)
+    return seen
+
+
+def test_only_the_distilled_stage_trains_on_transfer_rows(tmp_path, monkeypatch):
+    seen = rows_per_stage(monkeypatch)
+    recipe = with_transfer(tmp_path, ratio=0.5)
+    results = kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
+    assert set(seen) == {"teacher", "scratch", "distilled"}
+    assert set(seen["teacher"]) == set(seen["scratch"]) == {(4, None)}  # the labels alone
+    assert set(seen["distilled"]) == {(6, 4)}  # 4 labelled rows + 2 transfer rows each step
+    assert all(np.isfinite(list(r.losses.values())).all() for r in results.stage("distilled").history)
+
+
+def test_the_cache_holds_the_transfer_rows_and_teaches_as_the_teacher_does(tmp_path):
+    inline = with_transfer(tmp_path, ratio=0.5)
+    inline["teacher"]["train"] = False
+    inline["train"]["baseline"] = False
+    cached = copy.deepcopy(inline)
+    cached["teacher"].update(cache=True, cache_dir=str(tmp_path / "cache"))
+    first = kdengine.run(inline, progress=False, output_dir=tmp_path / "inline").stage("distilled")
+    second = kdengine.run(cached, progress=False, output_dir=tmp_path / "cached").stage("distilled")
+    for a, b in zip(first.history, second.history):
+        assert a.losses == pytest.approx(b.losses, rel=1e-4), a.epoch
+    without = copy.deepcopy(cached)
+    del without["data"]["transfer"]
+    kdengine.run(without, progress=False, output_dir=tmp_path / "plain")
+    folders = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(folders) == 2  # the transfer rows are part of the key: another cache without them
+
+
+def test_a_transfer_image_that_is_a_test_image_is_refused_naming_both(tmp_path):
+    from kdengine.train.transfer import refuse_overlap
+
+    class Held:
+        def split_files(self, split):
+            return [tmp_path / "photos" / "photo1.png"] if split == "test" else []
+
+    recipe = with_transfer(tmp_path)
+    copy_of_test = tmp_path / "copies"
+    copy_of_test.mkdir()
+    (copy_of_test / "renamed.png").write_bytes((tmp_path / "photos" / "photo1.png").read_bytes())
+    with pytest.raises(KDEngineError, match=r"renamed.png is the test image .*photo1.png of 'bsds500'"):
+        refuse_overlap([copy_of_test / "renamed.png"], Held(), "photo_folder", "bsds500")
+    assert recipe  # the folder exists
+
+
+def test_an_empty_photo_folder_and_a_transfer_with_a_memory_budget_are_clear_errors(tmp_path):
+    from kdengine.errors import RecipeError
+
+    recipe = with_transfer(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    recipe["data"]["transfer"]["params"]["roots"] = [str(empty)]
+    with pytest.raises(KDEngineError, match=r"data.transfer: .*empty: no images"):
+        kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+    budget = with_transfer(tmp_path)
+    budget["train"]["max_memory"] = "1GiB"
+    with pytest.raises(RecipeError, match="data.transfer: a transfer set trains each batch in one pass"):
+        kdengine.run(budget, progress=False, output_dir=tmp_path / "runs")
+
+
+def test_validate_opens_the_transfer_set_too(tmp_path):
+    from kdengine.tools.validate import dry_run
+
+    recipe = with_transfer(tmp_path)
+    assert dry_run(recipe).models
+    recipe["data"]["transfer"]["params"]["roots"] = [str(tmp_path / "missing")]
+    with pytest.raises(KDEngineError, match=r"data.transfer: .*missing: photo folder not found"):
+        dry_run(recipe)
