@@ -22,7 +22,7 @@ def registered(hook):
 def test_every_hook_registers_the_documented_components():
     assert set(registered("register_teachers")) == {"unet"}
     assert set(registered("register_students")) == {"unet"}
-    assert set(registered("register_datasets")) == {"bsds500", "synthetic_edges", "edge_folder"}
+    assert set(registered("register_datasets")) == {"bsds500", "synthetic_edges", "edge_folder", "photo_folder"}
     assert set(registered("register_loss_terms")) == {"weighted_bce", "sigmoid_mse", "balanced_bce",
                                                         "soft_bce", "pixel_kl", "cwd"}
     assert set(registered("register_metrics")) == {"dice", "ods_ois"}

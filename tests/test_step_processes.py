@@ -28,3 +28,14 @@ def test_a_nan_on_one_of_two_gloo_processes_is_skipped_by_both(tmp_path):
     expected[worker.BAD_STEP] = "non-finite loss (terms: cross_entropy)"
     assert ranks[worker.BAD_RANK]["outcomes"] == expected
     assert ranks[0]["weights"] == ranks[1]["weights"]  # the same updates on both: still one model
+
+
+def test_processes_wait_for_a_cache_build_longer_than_torch_default():
+    """The main process builds a missing teacher cache while the others wait at a barrier: the
+    process group is opened with a timeout of hours, not torch's 10 (NCCL) or 30 (gloo) minutes."""
+    from datetime import timedelta
+
+    from kdengine.train.accelerator import PROCESS_GROUP_TIMEOUT, make_accelerator
+
+    accelerator = make_accelerator("no")
+    assert accelerator.init_handler.timeout == PROCESS_GROUP_TIMEOUT >= timedelta(hours=6)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from accelerate import DataLoaderConfiguration
 from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import InitProcessGroupKwargs
 
 from kdengine.reporting.tracking import accelerator_options
 from kdengine.train.precision import StagePrecisionAccelerator
+
+
+#: How long a process waits for the others in a collective call. The main process builds a missing
+#: teacher-output cache (one teacher pass per cached epoch) while the others wait at a barrier:
+#: far longer than torch's default of 10 minutes (NCCL) or 30 (gloo), after which they would abort.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=12)
 
 
 def make_accelerator(mixed_precision: str, log_with: list[str] | tuple = ()) -> StagePrecisionAccelerator:
@@ -24,6 +33,7 @@ def make_accelerator(mixed_precision: str, log_with: list[str] | tuple = ()) -> 
     # log_with: experiment trackers (a missing tracker package stops the run here, before training).
     return StagePrecisionAccelerator(mixed_precision=mixed_precision,
                                      dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                     kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)],
                                      **accelerator_options(log_with))
 
 
