@@ -74,9 +74,7 @@ def open_transfer(recipe: Recipe, provider: DatasetProvider, seed: int) -> Trans
         transfer = get_catalog().get("dataset", spec.name)(spec.params)
         transfer.on_bad_sample = recipe.data.on_bad_sample
         transfer.check()
-        data = transfer.train_set()
-        if len(data) == 0:
-            raise DataError(f"the transfer set '{spec.name}' has no images")
+        data = transfer.train_set()  # an empty one is refused by TransferRows, below
         if transfer.info().task != provider.info().task:
             raise KDEngineError(f"'{spec.name}' is a {transfer.info().task} dataset; the recipe's "
                                 f"'{recipe.data.name}' is a {provider.info().task} one")
