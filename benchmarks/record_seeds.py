@@ -53,7 +53,7 @@ def merged_summary(seeds_dirs: list[Path]) -> tuple[dict, list[Path]]:
     folders = [f for d, summary in zip(seeds_dirs, summaries) for f in _seed_folders(d, summary)]
     if len(seeds_dirs) == 1:
         return summaries[0], folders
-    from kdengine.reporting.results import Results
+    from kdengine.io.results import Results
     from kdengine.reporting.summary import summarise
 
     seeds = [seed for summary in summaries for seed in summary["seeds"]]

@@ -9,8 +9,8 @@ The public API::
     print(kdengine.table(results))
 
 Plugins subclass the component bases below and register them with ``@kdengine.hookimpl``; the
-helpers after them (feature maps and adapters, data fingerprints, reading a state dict) are the
-plugin author's toolkit.
+helpers after them (feature maps and adapters, a module by its dotted path, data fingerprints,
+reading a state dict, hub downloads that honour offline mode) are the plugin author's toolkit.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from typing import TYPE_CHECKING, Any
 from kdengine.errors import (CheckpointError, DataError, KDEngineError, MissingSplitError, PluginError, RecipeError,
                              TrainingError, WeightsUnavailableError)
 from kdengine.io.fingerprint import describe_params, fingerprint_files
+from kdengine.io.hub import download_errors, downloads_forbidden, hub_cache_dir, hub_offline_from_env, torch_hub_cached_file
 from kdengine.io.weights import load_weights, read_state_dict
 from kdengine.plugins.components import DataInfo, DatasetProvider, LossContext, LossTerm, Metric, ModelFactory, Params
-from kdengine.plugins.features import as_feature_map, make_adapter
+from kdengine.plugins.features import as_feature_map, make_adapter, resolve_module
 from kdengine.plugins.hookspecs import hookimpl
 from kdengine.plugins.splits import fraction_count, holdout
 
 if TYPE_CHECKING:
     from kdengine.recipe import Recipe
-    from kdengine.reporting.results import Results
+    from kdengine.io.results import Results
     from kdengine.reporting.summary import SeedSummary
     from kdengine.reporting.sweep_results import SweepResult
 
@@ -41,9 +42,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "CheckpointError", "DataError", "DataInfo", "DatasetProvider", "KDEngineError", "LossContext", "LossTerm",
     "Metric", "MissingSplitError", "ModelFactory", "Params", "PluginError", "RecipeError", "TrainingError",
-    "WeightsUnavailableError", "__version__", "as_feature_map", "cache_teacher", "describe_params", "evaluate",
-    "fingerprint_files", "fraction_count", "hookimpl", "holdout", "load_recipe", "load_weights", "make_adapter",
-    "read_state_dict", "resume", "run", "sweep", "table",
+    "WeightsUnavailableError", "__version__", "as_feature_map", "cache_teacher", "describe_params", "download_errors",
+    "downloads_forbidden", "evaluate", "fingerprint_files", "fraction_count", "hookimpl", "holdout", "hub_cache_dir",
+    "hub_offline_from_env", "load_recipe", "load_weights", "make_adapter", "read_state_dict", "resolve_module", "resume",
+    "run", "sweep", "table", "torch_hub_cached_file",
 ]
 
 
@@ -88,8 +90,8 @@ def cache_teacher(recipe: Any, **kwargs: Any) -> list:
 def sweep(recipe: Any = None, grid: Any = (), **kwargs: Any) -> "SweepResult":
     """Train and measure the recipe's student at every point of a grid of recipe values (one or
     two ``"KEY=v1,v2"`` axes), one teacher for all, or continue a killed sweep (``resume=DIR``);
-    see :func:`kdengine.tools.sweep.sweep`."""
-    from kdengine.tools.sweep import sweep as _sweep
+    see :func:`kdengine.api.sweep.sweep`."""
+    from kdengine.api.sweep import sweep as _sweep
 
     return _sweep(recipe, grid, **kwargs)
 

@@ -1,4 +1,4 @@
-"""``train.compile`` (kdengine.train.compiling): the student compiled in place (checkpoints keep
+"""``train.compile`` (kdengine.runtime.compiling): the student compiled in place (checkpoints keep
 plain keys), the teacher through a compiled call, and a compiler that fails is a located error."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 import kdengine
 from kdengine import KDEngineError
 from kdengine.cli import main
-from kdengine.train.compiling import compile_in_place, compiled_call
+from kdengine.runtime.compiling import compile_in_place, compiled_call
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import kdengine
 from kdengine import LossTerm, TrainingError, load_recipe
 from kdengine.train.objective import build_loss_terms
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 
 
 def test_end_to_end_writes_the_run_folder(tiny_recipe, tmp_path):

@@ -171,7 +171,7 @@ class _Batchwise(LossTerm):
 
 
 def test_batch_coupled_names_batchwise_terms_and_batchnorm():
-    from kdengine.train.coupling import batch_coupled
+    from kdengine.plugins.coupling import batch_coupled
 
     plain = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     assert batch_coupled(plain, [_CE()], ["cross_entropy"]) == []

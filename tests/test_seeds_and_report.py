@@ -9,7 +9,7 @@ import pytest
 
 import kdengine
 from kdengine.cli import main
-from kdengine.reporting.results import EpochRecord, Results, StageResult
+from kdengine.io.results import EpochRecord, Results, StageResult
 from kdengine.reporting.summary import SeedSummary, Spread, summarise
 
 

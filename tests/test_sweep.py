@@ -17,10 +17,10 @@ from conftest import TINY_RECIPE
 from kdengine.cli import main
 from kdengine.errors import KDEngineError
 from kdengine.recipe import load_recipe
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 from kdengine.reporting.sweep_results import SweepResult
 from kdengine.teacher.cache import TeacherCache
-from kdengine.teacher.reuse import teacher_from_stage
+from kdengine.api.reuse import teacher_from_stage
 from kdengine.tools.grid import Axis, grid_points, parse_grid, point_recipes, split_values
 from kdengine.train import run as run_module
 from kdengine.train.stage import EpochKeeper

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import kdengine
 from kdengine import DataInfo, KDEngineError, RecipeError, load_recipe
 from kdengine.cli import main
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 from kdengine.reporting.summary import SeedSummary
 from kdengine.train import run as run_module
 from kdengine.train import stage as stage_module

@@ -8,7 +8,7 @@ import random
 import torch
 
 from kdengine.io.state import TrainingState, rng_state, set_rng_state
-from kdengine.reporting.results import StageResult
+from kdengine.io.results import StageResult
 
 
 def state_with(rngs):

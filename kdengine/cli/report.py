@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from kdengine.reporting.report import write_report
-    from kdengine.reporting.results import Results
+    from kdengine.io.results import Results
     from kdengine.reporting.tables import comparison_table, results_table
 
     runs = []

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from kdengine.reporting.sweep_report import sweep_table
-    from kdengine.tools.sweep import sweep
+    from kdengine.api.sweep import sweep
 
     if args.resume:
         result = sweep(resume=args.resume, recipe=args.recipe, grid=args.grid, overrides=args.overrides,

@@ -10,6 +10,7 @@ import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -19,8 +20,10 @@ from kdengine.io.atomic import atomic_write, atomic_write_text
 from kdengine.io.fingerprint import data_fingerprint, file_sha256
 from kdengine.io.weights import save_weights
 from kdengine.errors import DataWarning, KDEngineError
-from kdengine.recipe import Recipe
-from kdengine.reporting.results import EpochRecord
+from kdengine.io.results import EpochRecord
+
+if TYPE_CHECKING:
+    from kdengine.recipe import Recipe
 
 #: Refuse to start a run with less free space than this in the output folder.
 MIN_FREE_BYTES = 200 * 2**20

@@ -20,7 +20,7 @@ import torch
 
 from kdengine.io.atomic import atomic_write
 from kdengine.errors import CheckpointError
-from kdengine.reporting.results import StageResult
+from kdengine.io.results import StageResult
 
 
 def rng_state() -> dict[str, Any]:

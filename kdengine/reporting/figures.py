@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 from kdengine.reporting.tables import chain, format_value, stage_label
 
 

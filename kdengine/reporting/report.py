@@ -8,10 +8,10 @@ from pathlib import Path
 
 from kdengine.io.atomic import atomic_write_text
 from kdengine.reporting.figures import plot_curves, plot_generations
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 from kdengine.reporting.tables import (generation_table, loss_weights_note, results_table, seed_table, split_names,
                                        stage_label)
-from kdengine.train.coupling import coupling_note
+from kdengine.plugins.coupling import coupling_note
 
 
 def title_note(results) -> str:

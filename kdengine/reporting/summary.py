@@ -7,7 +7,7 @@ import statistics
 
 from pydantic import BaseModel, Field
 
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 
 
 class Spread(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdengine.reporting.results import Results, StageResult
+from kdengine.io.results import Results, StageResult
 
 if TYPE_CHECKING:
     from kdengine.reporting.summary import SeedSummary, StageSummary

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from kdengine.recipe import Recipe
-    from kdengine.reporting.results import EpochRecord
+    from kdengine.io.results import EpochRecord
     from kdengine.io.rundir import RunFolder
 
 #: The run folder's subfolder for tracker files.

@@ -26,7 +26,7 @@ from kdengine.teacher.keys import CacheKey, teacher_key
 from kdengine.teacher.precision import InferenceSetting, agree, fixed_setting, stage_candidates, teacher_runner
 from kdengine.teacher.replay import BatchAugmentStream, check_replayable
 from kdengine.teacher.topk import topk_problem
-from kdengine.train.tensors import prepare_inputs, to_device
+from kdengine.runtime.tensors import prepare_inputs, to_device
 
 if TYPE_CHECKING:
     from kdengine.recipe import Recipe

@@ -18,7 +18,7 @@ from torch import nn
 
 from kdengine.plugins.features import FeatureTaps
 from kdengine.reporting.progress import console
-from kdengine.train.compiling import compiled_call
+from kdengine.runtime.compiling import compiled_call
 
 if TYPE_CHECKING:
     from kdengine.recipe import TrainSpec

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdengine.tools.layers import Layer, format_layers
-from kdengine.train.coupling import coupling_note
+from kdengine.plugins.coupling import coupling_note
 
 
 @dataclass

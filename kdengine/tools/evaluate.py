@@ -16,7 +16,7 @@ from kdengine.errors import KDEngineError, located
 from kdengine.plugins.catalog import get_catalog
 from kdengine.recipe import ComponentSpec, Recipe, load_recipe
 from kdengine.recipe.stages import plan_stages
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 from kdengine.reporting.tables import format_params, format_value, markdown_table, stage_label
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.context import eval_loader, open_dataset, split_of

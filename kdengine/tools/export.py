@@ -315,7 +315,7 @@ def _other_inputs(sample: torch.Tensor, dense: bool) -> torch.Tensor:
 
 
 def _results(run_dir: Path):
-    from kdengine.reporting.results import Results
+    from kdengine.io.results import Results
 
     path = run_dir / "results.json"
     if not path.is_file():

@@ -42,11 +42,11 @@ from kdengine.tools.dry_run_report import CacheEstimate, DryRunReport, MemoryEst
 from kdengine.tools.layers import Layer, model_layers
 from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_norms, solve_weights
 from kdengine.train.context import open_dataset, open_splits, step_sizes
-from kdengine.train.coupling import batch_coupled
+from kdengine.plugins.coupling import batch_coupled
 from kdengine.train.models import count_parameters, describe
 from kdengine.train.objective import (build_loss_terms, check_taps, set_up_and_run, set_up_objective, tap_paths,
                                       term_keys)
-from kdengine.train.tensors import prepare_inputs
+from kdengine.runtime.tensors import prepare_inputs
 from kdengine.train.transfer import open_transfer
 
 #: Rows of the batch each candidate of ``teacher.precision = "auto"`` is timed on: enough to rank

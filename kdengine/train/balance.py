@@ -37,7 +37,7 @@ from kdengine.recipe.shares import AUTO, shares_problem, stage_shares
 from kdengine.reporting.progress import console
 from kdengine.teacher.sources import StepTeacher, TeacherSource
 from kdengine.train.objective import StudentObjective
-from kdengine.train.tensors import prepare_inputs, to_device
+from kdengine.runtime.tensors import prepare_inputs, to_device
 
 if TYPE_CHECKING:
     from kdengine.recipe.stages import StagePlan

@@ -16,7 +16,7 @@ from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import DataInfo, DatasetProvider
 from kdengine.recipe import ComponentSpec, Recipe
 from kdengine.train.gather import gather_pieces
-from kdengine.train.tensors import as_float, prepare_inputs
+from kdengine.runtime.tensors import as_float, prepare_inputs
 
 
 def build_metrics(recipe: Recipe, info: DataInfo) -> list[tuple[ComponentSpec, Any]]:

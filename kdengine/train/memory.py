@@ -30,7 +30,7 @@ from kdengine.io.state import rng_state, set_rng_state
 from kdengine.recipe.units import format_size, parse_size
 from kdengine.reporting.progress import console
 from kdengine.teacher.sources import StepTeacher
-from kdengine.train.coupling import batch_coupled, coupling_note
+from kdengine.plugins.coupling import batch_coupled, coupling_note
 from kdengine.train.step import accumulate
 
 if TYPE_CHECKING:

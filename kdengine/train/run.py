@@ -26,7 +26,7 @@ from kdengine.plugins.components import ModelFactory
 from kdengine.recipe import Recipe, monitored_metric
 from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.report import finish_run_report
-from kdengine.reporting.results import SKIPPED_LISTED, Results, StageResult
+from kdengine.io.results import SKIPPED_LISTED, Results, StageResult
 from kdengine.reporting.tracking import RunTracking
 from kdengine.io.fingerprint import file_sha256
 from kdengine.reporting.progress import console

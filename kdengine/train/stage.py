@@ -24,14 +24,14 @@ from kdengine.recipe import monitored_metric
 from kdengine.recipe.shares import AUTO
 from kdengine.recipe.stages import StagePlan
 from kdengine.reporting.progress import StageProgress
-from kdengine.reporting.results import EpochRecord, StageResult
+from kdengine.io.results import EpochRecord, StageResult
 from kdengine.teacher.precision import InferenceSetting
 from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.balance import balance_stage, first_batches
 from kdengine.train.context import RunContext, steps_per_epoch
 from kdengine.train.checkpointing import apply_activation_checkpointing
-from kdengine.train.compiling import compile_in_place
+from kdengine.runtime.compiling import compile_in_place
 from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
@@ -39,7 +39,7 @@ from kdengine.train.models import count_parameters, describe, ready_to_teach
 from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths, term_keys, warmed_up
 from kdengine.train.optim import Schedule, build_optimizer
 from kdengine.train.step import on_problem, train_step
-from kdengine.train.tensors import prepare_inputs, to_device
+from kdengine.runtime.tensors import prepare_inputs, to_device
 
 
 class EpochKeeper:

@@ -17,8 +17,8 @@ from torch import nn
 
 from kdengine import (CheckpointError, DataInfo, KDEngineError, ModelFactory, Params, WeightsUnavailableError,
                       load_weights, read_state_dict)
-from kdengine.io.hub import (download_errors, downloads_forbidden, hub_cache_dir, hub_offline_from_env,
-                             torch_hub_cached_file)
+from kdengine import (download_errors, downloads_forbidden, hub_cache_dir, hub_offline_from_env,
+                      torch_hub_cached_file)
 
 
 def apply_cifar_stem(model: nn.Module) -> nn.Module:
@@ -48,7 +48,7 @@ def apply_cifar_stem(model: nn.Module) -> nn.Module:
 def keep_resolution(model: nn.Module, paths: list[str], what: str) -> nn.Module:
     """Stride 1 for the named convolutions: a CIFAR variant that downsamples later than the
     ImageNet architecture (the feature maps of the following layers grow accordingly)."""
-    from kdengine.plugins.features import resolve_module
+    from kdengine import resolve_module
 
     for path in paths:
         module = resolve_module(model, path, f"{what} (stride_one)")

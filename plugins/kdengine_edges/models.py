@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from kdengine import DataInfo, KDEngineError, ModelFactory, Params, WeightsUnavailableError, load_weights
-from kdengine.io.hub import (download_errors, downloads_forbidden, hub_cache_dir, hub_offline_from_env,
-                             torch_hub_cached_file)
+from kdengine import (download_errors, downloads_forbidden, hub_cache_dir, hub_offline_from_env,
+                      torch_hub_cached_file)
 
 
 class EncoderWeightsError(WeightsUnavailableError):

@@ -67,7 +67,5 @@ def test_contract():
 
 
 def test_registered_in_the_catalog_as_dkd_dkd():
-    from kdengine.plugins.catalog import get_catalog
-
-    entry = get_catalog(refresh=True).entry("loss", "dkd.dkd")
+    entry = testing.registered("loss", "dkd.dkd")
     assert entry.cls is DecoupledKD and entry.plugin == "dkd"

@@ -14,7 +14,7 @@ from kdengine.errors import KDEngineError
 from kdengine.plugins.components import PRETRAINED_PARAMS
 from kdengine.recipe import ComponentSpec, Recipe, load_recipe
 from kdengine.recipe.stages import StagePlan, plan_stages
-from kdengine.reporting.results import Results, StageResult
+from kdengine.io.results import Results, StageResult
 from kdengine.train.models import describe
 from kdengine.train.objective import build_loss_terms, tap_paths
 

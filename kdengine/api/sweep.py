@@ -39,11 +39,11 @@ from kdengine.api import RecipeSource
 from kdengine.errors import KDEngineError
 from kdengine.recipe import Recipe, load_recipe, monitored_metric
 from kdengine.reporting.progress import console
-from kdengine.reporting.results import Results, StageResult
+from kdengine.io.results import Results, StageResult
 from kdengine.reporting.sweep_report import plot_sweep, write_sweep_markdown
 from kdengine.reporting.sweep_results import SweepAxis, SweepMeasure, SweepPoint, SweepResult, SweepTeacher
 from kdengine.reporting.tables import format_params, format_value
-from kdengine.teacher.reuse import shared_teacher, teacher_from_run, teacher_from_stage, with_teacher_checkpoint
+from kdengine.api.reuse import shared_teacher, teacher_from_run, teacher_from_stage, with_teacher_checkpoint
 from kdengine.tools.export import export_run
 from kdengine.tools.grid import grid_points, parse_grid, point_recipes, with_grid_values
 from kdengine.train.run import run_one

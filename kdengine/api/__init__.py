@@ -19,12 +19,12 @@ from kdengine.plugins.catalog import get_catalog
 from kdengine.recipe import Recipe, load_recipe
 from kdengine.recipe.stages import plan_stages
 from kdengine.reporting.report import write_seed_report
-from kdengine.reporting.results import Results
+from kdengine.io.results import Results
 from kdengine.reporting.summary import SeedSummary, summarise
 from kdengine.teacher.cache import TeacherCache
 from kdengine.teacher.cached import default_cache_root, open_teacher_cache
 from kdengine.teacher.given import given_teacher
-from kdengine.teacher.reuse import (scored_teacher, shared_teacher, shares_teacher, teacher_from_run, teacher_note,
+from kdengine.api.reuse import (scored_teacher, shared_teacher, shares_teacher, teacher_from_run, teacher_note,
                                     with_teacher_checkpoint)
 from kdengine.teacher.sources import CachedTeacher
 from kdengine.train.accelerator import make_accelerator
