@@ -146,7 +146,8 @@ def check(device: str, smoke: bool, workdir: Path) -> list[dict]:
                      "images_per_s": meter["batch"] / statistics.median(meter["step_seconds"])
                      if meter["step_seconds"] else None,
                      "peak_mib": meter["peak_bytes"] / 2**20 if meter["peak_bytes"] else None,
-                     "scaler_skipped": stage.scaler_skipped, "top1_test": stage.test_best["top1"],
+                     # only fp16 has a gradient scaler: elsewhere there is nothing to count, not zero
+                     "scaler_skipped": stage.scaler_skipped if precision == "fp16" else None, "top1_test": stage.test_best["top1"],
                      "run_seconds": time.perf_counter() - started, "device": meter["device"]})
     return rows
 
@@ -159,7 +160,8 @@ def table(rows: list[dict]) -> str:
         peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] else "-"
         lines.append(f"| {r['precision']} | {r['teacher']} | {r['max_memory']} | {r['batch']} | "
                      f"{r['micro_batch'] or r['batch']} | "
-                     f"{speed} | {peak} | {r['scaler_skipped']} | {r['top1_test']:.4f} |")
+                     f"{speed} | {peak} | {'-' if r['scaler_skipped'] is None else r['scaler_skipped']} | "
+                     f"{r['top1_test']:.4f} |")
     return "\n".join(lines)
 
 

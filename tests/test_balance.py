@@ -374,6 +374,7 @@ def test_every_process_measures_the_auto_weights_on_the_whole_batch():
     from types import SimpleNamespace
 
     from kdengine.train.balance import first_batches
+    from kdengine.train.setup import StageSetup
 
     batch = (torch.arange(8.0).reshape(4, 2), torch.tensor([0, 1, 2, 3]))
 
@@ -389,7 +390,8 @@ def test_every_process_measures_the_auto_weights_on_the_whole_batch():
                               accelerator=SimpleNamespace(num_processes=2, process_index=process))
         plan = SimpleNamespace(train=SimpleNamespace(channels_last=False))
         augment = lambda x, y, epoch, step, process: (x + 100 * process, y)  # noqa: E731
-        ((inputs, targets, teach),) = list(first_batches(ctx, plan, augment, Source(), 1))
+        setup = StageSetup(ctx, plan, losses=None, steps=1, sizes=[4], augment=augment, transfer=None)
+        ((inputs, targets, teach),) = list(first_batches(setup, Source(), 1))
         x = batch[0]
         expected = torch.cat([x[:2], x[2:] + 100])
         assert torch.equal(inputs, expected) and torch.equal(targets, batch[1])

@@ -299,3 +299,18 @@ def test_unknown_stage_lists_the_stages_of_the_run(chain_run, capsys):
 
     assert main(["export", str(chain_run), "--format", "onnx", "--stage", "gen9"]) == 2
     assert "no stage 'gen9'" in capsys.readouterr().err
+
+
+def test_int8_export_without_the_extra_names_the_extra_to_install(classifier_run, tmp_path, monkeypatch, capsys):
+    """After the README's plain install (no onnx, no onnxruntime), ``--quantize int8`` says which
+    extra to install, exit 2, before anything is written."""
+    import sys
+
+    from kdengine.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # an import of it raises ImportError
+    out = tmp_path / "export"
+    assert main(["export", str(classifier_run), "--format", "onnx", "--quantize", "int8", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--quantize int8 needs the export extra" in err and 'pip install "kdengine[export]"' in err
+    assert "Traceback" not in err and not out.exists()

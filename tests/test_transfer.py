@@ -148,7 +148,8 @@ def test_the_cache_holds_the_transfer_rows_and_teaches_as_the_teacher_does(tmp_p
     inline["teacher"]["train"] = False
     inline["train"]["baseline"] = False
     cached = copy.deepcopy(inline)
-    cached["teacher"].update(cache=True, cache_dir=str(tmp_path / "cache"))
+    # float32 storage: the cached outputs are the inline ones exactly, so every epoch agrees
+    cached["teacher"].update(cache=True, cache_dir=str(tmp_path / "cache"), cache_dtype="float32")
     first = kdengine.run(inline, progress=False, output_dir=tmp_path / "inline").stage("distilled")
     second = kdengine.run(cached, progress=False, output_dir=tmp_path / "cached").stage("distilled")
     for a, b in zip(first.history, second.history):
@@ -200,3 +201,24 @@ def test_validate_opens_the_transfer_set_too(tmp_path):
     recipe["data"]["transfer"]["params"]["roots"] = [str(tmp_path / "missing")]
     with pytest.raises(KDEngineError, match=r"data.transfer: .*missing: photo folder not found"):
         dry_run(recipe)
+
+
+def test_cache_teacher_builds_the_cache_a_run_with_a_transfer_set_reads(tmp_path, monkeypatch):
+    """``kdengine cache-teacher`` draws the stage's inputs as the run does, transfer rows included:
+    the run finds every epoch present and never loads the teacher to build one (before, the
+    command built a cache without the transfer rows, under another key, and the run built its own)."""
+    recipe = with_transfer(tmp_path, ratio=0.5)
+    recipe["teacher"].update(train=False, cache=True, cache_dir=str(tmp_path / "cache"), cache_dtype="float32")
+    recipe["train"]["baseline"] = False
+    built = kdengine.cache_teacher(copy.deepcopy(recipe), progress=False, output_dir=tmp_path)
+    assert len(built) == 1 and built[0].missing(recipe["train"]["epochs"]) == []
+    assert built[0].layout.sizes[0] == 4 + 2  # each step: 4 labelled rows and 2 transfer rows
+
+    from kdengine.teacher.cached import CachedTeacher
+
+    def no_teacher(self):
+        raise AssertionError("the run loaded the teacher to build a cache cache-teacher had built")
+
+    monkeypatch.setattr(CachedTeacher, "load", no_teacher)
+    kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [built[0].path.name]

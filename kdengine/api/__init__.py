@@ -22,17 +22,17 @@ from kdengine.reporting.report import write_seed_report
 from kdengine.io.results import Results
 from kdengine.reporting.summary import SeedSummary, summarise
 from kdengine.teacher.cache import TeacherCache
-from kdengine.teacher.cached import default_cache_root, open_teacher_cache
+from kdengine.teacher.cached import CachedTeacher, default_cache_root
 from kdengine.teacher.given import given_teacher
 from kdengine.api.reuse import (scored_teacher, shared_teacher, shares_teacher, teacher_from_run, teacher_note,
                                     with_teacher_checkpoint)
-from kdengine.teacher.sources import CachedTeacher
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.context import RunContext, open_dataset, split_of
 from kdengine.train.models import ready_to_teach
-from kdengine.train.objective import build_loss_terms, tap_paths
 from kdengine.tools.evaluate import RunScores, evaluate_run
 from kdengine.train.run import run_one
+from kdengine.train.setup import StageSetup
+from kdengine.train.transfer import open_transfer
 
 RecipeSource = Recipe | str | Path | dict
 
@@ -128,19 +128,13 @@ def cache_teacher(recipe: RecipeSource, *, overrides: list[str] | tuple = (), pr
     factory = get_catalog().get("teacher", recipe.teacher.name)(recipe.teacher.params)
     given_teacher(recipe, factory, info)  # a bad file or model stops here, before any work
     train_set = split_of(recipe, provider, "train")
-    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, None, None, None, progress)
+    # the transfer rows are in the cache's inputs and key, as the run's taught stages add them
+    ctx = RunContext(recipe, seed, accelerator, provider, info, train_set, None, None, None, progress,
+                     transfer=open_transfer(recipe, provider, seed))
     root = default_cache_root(recipe, Path(output_dir) if output_dir is not None else Path(recipe.run.output_dir))
     channels_last = recipe.teacher_train().channels_last
     checkpoint = Path(recipe.teacher.checkpoint) if recipe.teacher.checkpoint is not None else None
     source = CachedTeacher(checkpoint, lambda: ready_to_teach(given_teacher(recipe, factory, info), accelerator,
                                                               channels_last), "teacher", recipe.teacher)
-    _, terms, _ = build_loss_terms(recipe, with_teacher=True)
-    _, teacher_paths = tap_paths(terms)
-    caches = []
-    for plan in plan_stages(recipe):
-        if plan.teacher != "teacher":
-            continue
-        loader = ctx.train_loader(plan.train)
-        steps = min(len(loader), plan.train.max_steps_per_epoch or len(loader))
-        caches.append(open_teacher_cache(ctx, plan, source, teacher_paths, steps, root))
-    return caches
+    return [source.open(StageSetup.assemble(ctx, plan, taught=True), root)
+            for plan in plan_stages(recipe) if plan.teacher == "teacher"]

@@ -16,7 +16,7 @@ from kdengine.recipe import ComponentSpec, Recipe, load_recipe
 from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.io.results import Results, StageResult
 from kdengine.train.models import describe
-from kdengine.train.objective import build_loss_terms, tap_paths
+from kdengine.train.setup import StageLosses
 
 #: Where a finished run keeps the teacher it trained (chosen on val).
 TEACHER_WEIGHTS = Path("checkpoints") / "teacher" / "best.safetensors"
@@ -112,8 +112,7 @@ def teacher_from_stage(recipe: Recipe, run_dir: str | Path, stage: str) -> tuple
     ours = architecture(recipe.to_dict()["teacher"])
     note = None
     if model != ours:
-        _, terms, _ = build_loss_terms(recipe, with_teacher=True)
-        taps = tap_paths(terms)[1]
+        taps = StageLosses.of(recipe, taught=True).teacher_paths
         if taps:
             raise KDEngineError(
                 f"{where}: the loss terms tap the teacher's layers ({', '.join(taps)}), named for this recipe's "

@@ -45,6 +45,7 @@ from kdengine.reporting.sweep_results import SweepAxis, SweepMeasure, SweepPoint
 from kdengine.reporting.tables import format_params, format_value
 from kdengine.api.reuse import shared_teacher, teacher_from_run, teacher_from_stage, with_teacher_checkpoint
 from kdengine.tools.export import export_run
+from kdengine.tools.measure import require_export_extra
 from kdengine.tools.grid import grid_points, parse_grid, point_recipes, with_grid_values
 from kdengine.train.run import run_one
 
@@ -76,7 +77,7 @@ def sweep(recipe: RecipeSource | None = None, grid: list[str] | tuple[str, ...] 
                         ("calibration-images", calibration_images)):
         if value < 1:
             raise KDEngineError(f"--{name}: must be at least 1, got {value}")
-    _check_onnx()
+    require_export_extra("kdengine sweep (which exports and times each student in onnxruntime)")
     base = load_recipe(recipe, overrides=overrides)
     if base.run.seeds:
         raise KDEngineError(f"{base.source}: run.seeds: a sweep trains each point with one seed (run.seed); "
@@ -117,7 +118,7 @@ def resume_sweep(sweep_dir: str | Path, *, progress: bool = True) -> SweepResult
         raise KDEngineError(f"{record}: unreadable sweep record ({exc.__class__.__name__})") from None
     if state.complete:
         raise KDEngineError(f"{root}: this sweep already finished; nothing to resume")
-    _check_onnx()
+    require_export_extra("kdengine sweep (which exports and times each student in onnxruntime)")
     state.sweep_dir = str(root)
     return _run_points(state, root, progress)
 
@@ -252,15 +253,6 @@ def _teacher_note(recipe: Recipe, first: str, teacher_from, teacher_stage: str |
         where = recipe.teacher.cache_dir or "teacher-cache/"
         note += f" Its outputs are cached once, in {where}, and read by every point."
     return note
-
-
-def _check_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise KDEngineError("kdengine sweep exports and times the students with onnxruntime: "
-                            "pip install onnx onnxruntime") from None
 
 
 def _new_sweep_folder(parent: Path, name: str) -> Path:

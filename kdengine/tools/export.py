@@ -37,7 +37,8 @@ from kdengine.plugins.catalog import get_catalog
 from kdengine.io.atomic import atomic_write_text
 from kdengine.io.weights import save_weights
 from kdengine.tools.card import model_card
-from kdengine.tools.measure import Latency, count_flops, evaluation_split, measure_ms, onnx_session, torch_latency
+from kdengine.tools.measure import (Latency, count_flops, evaluation_split, measure_ms, onnx_session, require_export_extra,
+                                    torch_latency)
 from kdengine.train.models import describe
 from kdengine.plugins.components import DataInfo
 from kdengine.errors import CheckpointError, KDEngineError, located
@@ -139,10 +140,6 @@ def is_dense(model: nn.Module, sample: torch.Tensor) -> bool:
 
 
 def _export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, dense: bool):
-    try:
-        import onnxruntime  # noqa: F401  (missing: fail before the export, not after)
-    except ImportError:
-        raise KDEngineError("--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime") from None
     # The output's spatial axes get their own names: a super-resolution output is scale x the input.
     axes = {"input": {0: "batch"}, "output": {0: "batch"}}
     if dense:
@@ -225,6 +222,8 @@ def export_run(run_dir: str | Path, fmt: str, output_dir: str | Path | None = No
     more than ``max_drop`` (a number: the monitored metric; or ``{metric: drop}``) raises a warning."""
     if fmt not in FORMATS:
         raise KDEngineError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_export_extra("--quantize int8" if quantize is not None else "--format onnx")
     run_dir = Path(run_dir)
     recipe_file = run_dir / "recipe.json"
     if not recipe_file.is_file():

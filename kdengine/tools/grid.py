@@ -28,7 +28,7 @@ from typing import Any
 from kdengine.errors import KDEngineError, RecipeError
 from kdengine.recipe import Recipe, load_recipe
 from kdengine.recipe.loading import parse_value, split_path
-from kdengine.train.objective import build_loss_terms
+from kdengine.train.setup import StageLosses
 
 #: More axes make a grid nobody can read from one figure.
 MAX_AXES = 2
@@ -179,7 +179,8 @@ def teacher_training(recipe: Recipe) -> dict[str, Any]:
     """What the teacher stage trains with: its ``[train]`` settings (the ones that change its
     weights) and the loss terms that need no teacher, with the weights they train with."""
     train = recipe.teacher_train().model_dump(mode="json", exclude=set(NOT_TEACHER_WEIGHTS))
-    specs, _, weights = build_loss_terms(recipe, with_teacher=False)
+    losses = StageLosses.of(recipe, taught=False)
+    specs, weights = losses.specs, losses.weights
     loss = [{**spec.model_dump(mode="json", exclude={"weight"}), "weight": weight} for spec, weight in zip(specs, weights)]
     return {"train": train, "loss": loss}
 

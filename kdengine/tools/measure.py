@@ -69,13 +69,26 @@ def evaluation_split(provider):
     return provider.test_set()
 
 
+#: What ``--format onnx`` and ``--quantize int8`` tell a user whose install lacks them.
+EXPORT_EXTRA = ("needs the export extra (onnx and onnxruntime), which the plain install leaves out: "
+                "pip install \"kdengine[export]\" (from a clone: pip install -e \".[export]\")")
+
+
+def require_export_extra(what: str) -> None:
+    """Fail before any work when onnx or onnxruntime is missing, naming the extra to install."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise KDEngineError(f"{what} {EXPORT_EXTRA}") from None
+
+
 def onnx_session(path: Path):
     """An onnxruntime CPU session with as many threads as PyTorch uses, so that the latencies
     on the card compare like with like."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise KDEngineError("--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+    require_export_extra("--format onnx")
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

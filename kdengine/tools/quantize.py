@@ -42,7 +42,8 @@ from torch import nn
 from kdengine.errors import KDEngineError, located
 from kdengine.plugins.catalog import get_catalog
 from kdengine.plugins.components import DataInfo, DatasetProvider
-from kdengine.tools.measure import EVALUATION_SPLIT, Latency, evaluation_split, onnx_session, torch_latency
+from kdengine.tools.measure import (EVALUATION_SPLIT, Latency, evaluation_split, onnx_session, require_export_extra,
+                                    torch_latency)
 from kdengine.recipe import Recipe, monitored_metric
 from kdengine.recipe.stages import StagePlan
 from kdengine.train.accelerator import make_accelerator
@@ -85,11 +86,7 @@ class Int8Options:
         # returns a dict need not declare its keys in advance.
         monitored = monitored_metric(recipe, plan.train)[0]
         limits = {monitored if name is None else name: float(value) for name, value in max_drop.items()}
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime.quantization  # noqa: F401
-        except ImportError:
-            raise KDEngineError(f"--quantize {mode} needs onnx and onnxruntime: pip install onnx onnxruntime") from None
+        require_export_extra(f"--quantize {mode}")
         return cls(calibration_images, per_channel, limits, recipe.run.seed)
 
 

@@ -44,8 +44,8 @@ from kdengine.train.balance import LossWeights, loss_labels, measure_gradient_no
 from kdengine.train.context import open_dataset, open_splits, step_sizes
 from kdengine.plugins.coupling import batch_coupled
 from kdengine.train.models import count_parameters, describe
-from kdengine.train.objective import (build_loss_terms, check_taps, set_up_and_run, set_up_objective, tap_paths,
-                                      term_keys)
+from kdengine.train.objective import check_taps, set_up_and_run, set_up_objective
+from kdengine.train.setup import StageLosses
 from kdengine.runtime.tensors import prepare_inputs
 from kdengine.train.transfer import open_transfer
 
@@ -179,15 +179,15 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
             roles.append(role)
 
     meter = ForwardMeter()
-    taught_specs, taught_terms, _ = build_loss_terms(recipe, with_teacher=True)
-    _, teacher_paths = tap_paths(taught_terms)
+    taught_losses = StageLosses.of(recipe, taught=True)
+    teacher_paths = taught_losses.teacher_paths
     taught: dict[str, Taught] = {}  # by teaching stage; every pair has the same loss terms, so the same taps
 
     def outputs_of(name: str) -> Taught:
         if name not in taught:
             model = models[name].eval().requires_grad_(False)
             with located(recipe.source, "loss"):
-                check_taps(taught_terms, term_keys(taught_specs), teacher=model)
+                check_taps(taught_losses.terms, taught_losses.names, teacher=model)
             taps = FeatureTaps(model, teacher_paths, role="teacher") if teacher_paths else None
             runner = TeacherRunner(model, taps, InferenceSetting("no", recipe.train.channels_last))
             try:
@@ -269,8 +269,8 @@ def micro_batch_coupling(recipe: Recipe, models: dict) -> dict[str, list[str]]:
     for plan in plan_stages(recipe):
         if plan.train.max_memory is None or (plan.name == "teacher" and recipe.teacher.checkpoint is not None):
             continue
-        specs, terms, _ = build_loss_terms(recipe, with_teacher=plan.teacher is not None)
-        coupled = batch_coupled(models[plan.name], terms, [spec.name for spec in specs])
+        losses = StageLosses.of(recipe, taught=plan.teacher is not None)
+        coupled = batch_coupled(models[plan.name], losses.terms, [spec.name for spec in losses.specs])
         if coupled:
             out[plan.name] = coupled
     return out
@@ -282,7 +282,8 @@ def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.
     on the batch), the training-memory estimate, and the weights of its ``weight = "auto"`` terms
     (measured on this one batch, as a stage does on its first ``train.balance_steps``), None when
     no weight is auto. ``measuring`` is entered around the student's first forward pass."""
-    specs, terms, weights = build_loss_terms(recipe, with_teacher=True)
+    losses = StageLosses.of(recipe, taught=True)
+    specs, terms, weights, names = losses.specs, losses.terms, losses.weights, losses.names
     t_out, t_feats = taught
     balanced = None
     saved = [0, 0]  # bytes saved for backward: [activations, weights (or their casts)]
@@ -306,25 +307,25 @@ def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.
             # pass: the student runs twice here, as a stage's set-up does.
             with measuring:
                 objective = set_up_objective(student, terms, inputs, targets, lambda x: _copies(taught),
-                                             names=term_keys(specs))
+                                             names=names)
             norms, _ = measure_gradient_norms(objective, [(inputs, targets, lambda x, rows: _copies(taught))])
             shares = stage_shares(specs)
             weights = solve_weights(weights, shares, norms, loss_labels(recipe, specs), recipe.source)
-            balanced = LossWeights(term_keys(specs), weights, shares, 1)
+            balanced = LossWeights(names, weights, shares, 1)
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 _, values = objective(inputs, targets, t_out, t_feats)
                 total = sum(w * v for w, v in zip(weights, values))
         else:
             with measuring, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                objective, values = set_up_and_run(student, terms, inputs, targets, t_out, t_feats, term_keys(specs))
+                objective, values = set_up_and_run(student, terms, inputs, targets, t_out, t_feats, names)
                 total = sum(w * v for w, v in zip(weights, values))
         total.backward()
     finally:
         if objective is not None:
             objective.close()
-    losses = {key: float(v.detach()) for key, v in zip(term_keys(specs), values)}
-    losses["total"] = float(total.detach())
+    values_of = {key: float(v.detach()) for key, v in zip(names, values)}
+    values_of["total"] = float(total.detach())
     trainable = sum(p.numel() * p.element_size() for p in objective.parameters())
     optimizer_slots = 1 if recipe.train.optimizer.name == "sgd" else 2
     frozen_teacher = sum(p.numel() * p.element_size() for p in teacher.parameters())
-    return losses, MemoryEstimate(trainable * (2 + optimizer_slots) + frozen_teacher + saved[1], saved[0]), balanced
+    return values_of, MemoryEstimate(trainable * (2 + optimizer_slots) + frozen_teacher + saved[1], saved[0]), balanced

@@ -28,21 +28,20 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
-from accelerate.utils import concatenate, find_batch_size, slice_tensors
+from accelerate.utils import concatenate, slice_tensors
 
 from kdengine.errors import KDEngineError, RecipeError
 from kdengine.io.state import rng_state, set_rng_state
 from kdengine.recipe import LossSpec, Recipe
 from kdengine.recipe.shares import AUTO, shares_problem, stage_shares
 from kdengine.reporting.progress import console
-from kdengine.teacher.sources import StepTeacher, TeacherSource
+from kdengine.teacher.base import StepTeacher, TeacherSource
 from kdengine.train.objective import StudentObjective
-from kdengine.runtime.tensors import prepare_inputs, to_device
 
 if TYPE_CHECKING:
     from kdengine.recipe.stages import StagePlan
-    from kdengine.teacher.replay import BatchAugmentStream
     from kdengine.train.context import RunContext
+    from kdengine.train.setup import StageSetup
 
 #: One measured batch: inputs, targets and the teacher's outputs for it.
 Batch = tuple[torch.Tensor, Any, StepTeacher]
@@ -167,28 +166,21 @@ def loss_labels(recipe: Recipe, specs: list[LossSpec]) -> list[str]:
     return [f"loss[{next(i for i, s in enumerate(recipe.loss) if s is spec)}]" for spec in specs]
 
 
-def first_batches(ctx: "RunContext", plan: "StagePlan", augment: "BatchAugmentStream", source: TeacherSource,
-                  count: int) -> Iterable[Batch]:
+def first_batches(setup: "StageSetup", source: TeacherSource, count: int) -> Iterable[Batch]:
     """The stage's first ``count`` training batches of epoch 1, whole on every process: each
     process's share of the rows (``split_batches``) augmented and taught as that process trains on
     it, put back together. The "auto" weights measured on them then do not depend on the process
-    count: the gradient of a share of the rows is noisier, its norm larger, than the whole batch's."""
-    loader = ctx.train_loader(plan.train)
-    loader.sampler.set_epoch(1)
-    processes = ctx.accelerator.num_processes
-    for step, batch in enumerate(islice(loader, count)):
-        batch = to_device(batch, ctx.device)
-        if processes == 1:
-            inputs, targets = augment(*batch, epoch=1, step=step, process=0)
-            yield prepare_inputs(inputs, plan.train.channels_last), targets, source.step(1, step, 0)
+    count: the gradient of a share of the rows is noisier, its norm larger, than the whole batch's.
+    The weights are measured on the labelled rows alone (no transfer rows): every term sees them."""
+    for step, batch in enumerate(islice(setup.train_loader(1), count)):
+        shares = setup.shares(batch, 1, step, with_transfer=False)
+        if len(shares) == 1:
+            inputs, targets, _ = shares[0]
+            yield inputs, targets, source.step(1, step, 0)
             continue
-        share = find_batch_size(batch) // processes
-        parts = [augment(*slice_tensors(batch, slice(p * share, (p + 1) * share)), epoch=1, step=step, process=p)
-                 for p in range(processes)]
-        taught = [source.step(1, step, p)(prepare_inputs(x, plan.train.channels_last), slice(0, share))
-                  for p, (x, _) in enumerate(parts)]
-        inputs = prepare_inputs(torch.cat([x for x, _ in parts]), plan.train.channels_last)
-        yield inputs, concatenate([y for _, y in parts]), whole_batch_teacher(taught)
+        taught = [source.step(1, step, p)(x, slice(0, x.shape[0])) for p, (x, _, _) in enumerate(shares)]
+        yield (torch.cat([x for x, _, _ in shares]), concatenate([y for _, y, _ in shares]),
+               whole_batch_teacher(taught))
 
 
 def whole_batch_teacher(taught: list[tuple[Any, dict[str, torch.Tensor]]]) -> StepTeacher:

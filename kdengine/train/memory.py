@@ -29,7 +29,7 @@ from kdengine.errors import KDEngineError
 from kdengine.io.state import rng_state, set_rng_state
 from kdengine.recipe.units import format_size, parse_size
 from kdengine.reporting.progress import console
-from kdengine.teacher.sources import StepTeacher
+from kdengine.teacher.base import StepTeacher
 from kdengine.plugins.coupling import batch_coupled, coupling_note
 from kdengine.train.step import accumulate
 

@@ -26,18 +26,37 @@ def parameter_groups(params: torch.nn.Module | Iterable[torch.nn.Parameter], spe
     return [p for p in params if p.requires_grad]
 
 
-def build_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+def build_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], spec: OptimizerSpec,
+                    fuse: bool = True) -> torch.optim.Optimizer:
     """``spec``'s optimizer over ``params``: a module's parameters (so that one-dimensional ones
-    can take ``norm_bias_weight_decay``) or the parameters themselves."""
+    can take ``norm_bias_weight_decay``) or the parameters themselves. ``fuse``: torch's fused
+    kernels where the parameters allow (:func:`can_fuse`); not under fp16's gradient scaler, whose
+    skipped steps Accelerate only sees when the scaler leaves out the optimizer's step, which it
+    does not for a fused optimizer (the kernel skips instead)."""
     params = parameter_groups(params, spec)
+    fused = can_fuse(params) if fuse else None
     if spec.name == "sgd":
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
-            weight_decay=spec.weight_decay,
+            weight_decay=spec.weight_decay, fused=fused,
         )
     if spec.name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
-    return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, fused=fused)
+
+
+#: Devices whose fused SGD, Adam and AdamW kernels torch has.
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def can_fuse(params: list) -> bool | None:
+    """Whether the optimizer can be torch's fused one: every parameter a floating tensor on a
+    device with fused kernels. Fused, an update is one kernel per parameter group, and it can be
+    skipped on the device (``found_inf``), so a non-finite step costs no wait for the device
+    (:mod:`kdengine.train.step`). None lets torch choose its default."""
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    ok = bool(tensors) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in tensors)
+    return True if ok else None
 
 
 class Schedule:

@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 
-from kdengine.errors import DataError, KDEngineError, TrainingError, located
+from kdengine.errors import TrainingError, located
 from kdengine.io.state import TrainingState, rng_state, set_rng_state
 from kdengine.plugins.components import ModelFactory
 from kdengine.recipe import monitored_metric
@@ -26,20 +26,19 @@ from kdengine.recipe.stages import StagePlan
 from kdengine.reporting.progress import StageProgress
 from kdengine.io.results import EpochRecord, StageResult
 from kdengine.teacher.precision import InferenceSetting
-from kdengine.teacher.replay import BatchAugmentStream
 from kdengine.teacher.sources import TeacherSource
 from kdengine.train.balance import balance_stage, first_batches
-from kdengine.train.context import RunContext, steps_per_epoch
+from kdengine.train.context import RunContext
 from kdengine.train.checkpointing import apply_activation_checkpointing
 from kdengine.runtime.compiling import compile_in_place
 from kdengine.train.evaluate import is_better
 from kdengine.train.freeze import BackboneFreeze
 from kdengine.train.memory import plan_memory
 from kdengine.train.models import count_parameters, describe, ready_to_teach
-from kdengine.train.objective import build_loss_terms, set_up_objective, tap_paths, term_keys, warmed_up
+from kdengine.train.objective import set_up_objective, warmed_up
 from kdengine.train.optim import Schedule, build_optimizer
-from kdengine.train.step import on_problem, train_step
-from kdengine.runtime.tensors import prepare_inputs, to_device
+from kdengine.train.setup import StageSetup
+from kdengine.train.step import PROBLEM_READ_STEPS, on_problem, read_deferred, train_step
 
 
 class EpochKeeper:
@@ -106,9 +105,9 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     of the stage's last finished epoch."""
     accelerator, train = ctx.accelerator, plan.train
     accelerator.use_precision(train.mixed_precision)  # before the optimizer takes its gradient scaler
-    set_seed(ctx.seed)  # a student starts from the same weights whether distilled or not
-    with located(ctx.recipe.source, plan.where):
-        model = factory.build(ctx.info)
+    setup = StageSetup.assemble(ctx, plan, taught=source.teaches)
+    set_seed(ctx.seed)
+    model = setup.build_model(factory)
     n_params = count_parameters(model)
     apply_activation_checkpointing(model, train, ctx.recipe.source, describe(plan.spec))
     freeze = BackboneFreeze(model, plan.freeze_backbone_epochs, f"{ctx.recipe.source}: {plan.where}",
@@ -116,23 +115,15 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
     freeze.hold_statistics()  # the set-up passes below must not move frozen batch-norm statistics either
     if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    specs, terms, weights = build_loss_terms(ctx.recipe, with_teacher=source.teaches)
-    term_names = term_keys(specs)
-    train_loader, monitor_loader = ctx.train_loader(train), ctx.eval_loader(ctx.monitor_set, train)
-    if len(train_loader) == 0:
-        raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
-    steps = steps_per_epoch(len(ctx.train_set), train)
-    augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
-    transfer = ctx.transfer if source.teaches else None  # the baselines and the teacher never see it
-    if transfer is not None and transfer.rows % accelerator.num_processes:
-        raise KDEngineError(f"{ctx.recipe.source}: data.transfer.ratio: {transfer.rows} transfer rows per step "
-                            f"do not split evenly over {accelerator.num_processes} processes")
+    losses = setup.losses
+    specs, terms, weights, term_names = losses.specs, losses.terms, losses.weights, losses.names
+    train_loader, monitor_loader = setup.train_loader(), ctx.eval_loader(ctx.monitor_set, train)
+    steps = setup.steps
 
-    inputs, targets = to_device(next(iter(train_loader)), ctx.device)
-    inputs = prepare_inputs(inputs, train.channels_last)
+    inputs, targets = setup.first_batch(train_loader)
     if resume is not None and resume.result.teacher_inference:  # a resumed stage keeps its teacher's setting
         source.setting = InferenceSetting(**resume.result.teacher_inference)
-    source.start(ctx, plan, tap_paths(terms)[1], steps, inputs)
+    source.start(setup, inputs)
     first = source.first_step()
     with accelerator.autocast(), located(ctx.recipe.source, "loss"):
         objective = set_up_objective(model, terms, inputs, targets, lambda x: first(x, slice(0, len(x))),
@@ -147,14 +138,14 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
         memory_plan = plan_memory(ctx, train, objective, provisional, term_names, inputs, targets, first)
         micro_batch, coupled = memory_plan.micro_batch, memory_plan.coupled
     balanced = balance_stage(ctx, plan, objective, specs, weights, term_names,
-                             lambda count: first_batches(ctx, plan, augment, source, count), steps, micro_batch,
+                             lambda count: first_batches(setup, source, count), steps, micro_batch,
                              recorded=resume.result.loss_weights if resume is not None else None)
     if balanced is not None:
         weights = balanced.weights
     if train.compile:  # after the set-up passes above, which run once and need no compiled graph
         compile_in_place(model, ctx.recipe.source, f"{plan.name}'s {describe(plan.spec)}")
 
-    optimizer = build_optimizer(objective, train.optimizer)
+    optimizer = build_optimizer(objective, train.optimizer, fuse=train.mixed_precision != "fp16")
     monitor, higher_is_better = monitored_metric(ctx.recipe, train)
     schedule = Schedule(optimizer, train.scheduler, train.epochs, steps, higher_is_better)
     result = StageResult(stage=plan.name, model=describe(plan.spec), params=n_params, teacher=plan.teacher,
@@ -187,26 +178,39 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
             epoch_start = time.perf_counter()
             sums = torch.zeros(len(terms) + 1, device=ctx.device)
             seen = skipped = scaler_skipped = 0
+            pending = []  # steps whose finite check is still on the device (train.step)
+
+            def settle() -> int:
+                """Read the pending checks; a failed step is train.on_nan's (stop, or skipped)."""
+                failed = read_deferred(pending)
+                for failed_step, problem in failed:
+                    on_problem(train, plan.name, problem, epoch, failed_step, checkpoints)
+                return len(failed)
+
             epoch_weights = warmed_up(weights, specs, epoch)
             for step, batch in enumerate(islice(train_loader, steps)):
-                inputs, targets = augment(*batch, epoch=data_epoch, step=step, process=accelerator.process_index)
-                inputs = prepare_inputs(inputs, train.channels_last)
-                labelled = None
-                if transfer is not None:  # the teacher alone labels these rows, after the labelled ones
-                    extra = transfer.batch(data_epoch, step, accelerator.process_index, accelerator.num_processes)
-                    labelled, inputs = inputs.shape[0], torch.cat([inputs, prepare_inputs(
-                        extra.to(ctx.device), train.channels_last)])
+                # augmented as the cache saw it; transfer rows, which the teacher alone labels, after
+                inputs, targets, labelled = setup.step_inputs(*batch, data_epoch, step, accelerator.process_index)
                 teach = source.step(data_epoch, step, accelerator.process_index)
                 done = train_step(accelerator, objective, optimizer, schedule, train, epoch_weights, term_names,
                                   inputs, targets, teach, micro_batch, labelled=labelled)
-                if done.problem is not None:
-                    on_problem(train, plan.name, done.problem, epoch, step, checkpoints)
+                if done.flags is None and done.known is not None:
+                    on_problem(train, plan.name, done.known, epoch, step, checkpoints)
                     skipped += 1
                     continue
                 scaler_skipped += done.scaler_skipped  # fp16 overflow: no update, a lower scale, go on
-                sums += torch.stack([done.total] + done.values)
+                losses_now = torch.stack([done.total] + done.values)
+                if done.flags is not None:  # a failed step adds nothing, known without waiting
+                    losses_now = torch.where(done.made, losses_now, torch.zeros_like(losses_now))
+                    pending.append((step, done))
+                sums += losses_now
                 seen += 1
                 bar.advance(done.total)  # read off the device only now and then (reporting.progress)
+                if len(pending) >= PROBLEM_READ_STEPS:
+                    failed = settle()
+                    skipped, seen = skipped + failed, seen - failed
+            failed = settle()  # the epoch's last checks, before its losses are read
+            skipped, seen = skipped + failed, seen - failed
             means = (sums / max(seen, 1)).tolist()  # the epoch's one read of the losses (waits for the device)
             train_seconds = time.perf_counter() - epoch_start
             metrics, eval_seconds = {}, 0.0
