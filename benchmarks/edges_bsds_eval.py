@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 from kdengine.plugins.catalog import get_catalog
 from kdengine.io.weights import load_weights
 from kdengine.recipe import load_recipe
+from kdengine.recipe.stages import plan_stages
 from kdengine_edges.boundary import default_max_dist, image_counts, ods_ois, thin_stack, thresholds
 from kdengine_edges.bsds import BSDS500
 from kdengine_edges.metrics import BoundaryF, DiceScore
@@ -63,9 +64,9 @@ def stage_models(run_dir: Path):
     """(stage, role, spec) of every trained stage in the run folder."""
     recipe = load_recipe(run_dir / "recipe.json")
     yield "teacher", "teacher", recipe.teacher
-    for stage in ("scratch", "distilled"):
-        if (run_dir / "checkpoints" / stage).is_dir():
-            yield stage, "student", recipe.student
+    for plan in plan_stages(recipe):  # scratch, scratch-transfer, distilled, a chain's generations
+        if plan.role == "student" and (run_dir / "checkpoints" / plan.name).is_dir():
+            yield plan.name, "student", plan.spec
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The transfer-set measurement on a lent GPU, in one call: train the U-Net ResNet-34 edge teacher
 # on BSDS500 train (80 epochs, as benchmarks/results/bsds500-teacher.json's), then
-# benchmarks/edge_transfer.sh's three rows per seed at the paper's budget (15 epochs) and at 4x
+# benchmarks/edge_transfer.sh's four rows per seed at the paper's budget (15 epochs) and at 4x
 # it (60), writing benchmarks/results/bsds500-transfer-gpu-e15.json and -e60.json. The data
 # (BSDS500, McMaster, Set5) is read from DATA: shared/data in the working tree, else ../shared/data.
 #

@@ -1,6 +1,7 @@
 """Trains a tiny objective for a few steps in each of two gloo processes, with a non-finite loss on
 one process only at step 2. ``tests/test_step.py`` runs it under ``torch.distributed.run``:
-``python nan_step_worker.py OUT_PREFIX`` writes each rank's outcomes and final weights."""
+``python nan_step_worker.py OUT_PREFIX [sgd|adam]`` writes each rank's outcomes and final weights
+(SGD reads each step's checks on the host; fused Adam keeps them on the device after its first step)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from kdengine.recipe import TrainSpec
-from kdengine.recipe.optimizers import ConstantSchedule, SGDSpec
+from kdengine.recipe.optimizers import AdamSpec, ConstantSchedule, SGDSpec
 from kdengine.train.accelerator import close_process_group, make_accelerator
 from kdengine.train.optim import Schedule, build_optimizer
 from kdengine.train.step import train_step
@@ -31,10 +32,10 @@ class Objective(nn.Module):
         return output, [nn.functional.cross_entropy(output, targets)]
 
 
-def main(prefix: str) -> None:
+def main(prefix: str, kind: str = "sgd") -> None:
     accelerator = make_accelerator("no")
     objective = Objective()
-    optimizer = build_optimizer(objective, SGDSpec(lr=0.1))
+    optimizer = build_optimizer(objective, SGDSpec(lr=0.1) if kind == "sgd" else AdamSpec(lr=0.1))
     schedule = Schedule(optimizer, ConstantSchedule(), epochs=1, steps_per_epoch=STEPS)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     train = TrainSpec(epochs=1, batch_size=4, on_nan="skip")
@@ -56,4 +57,4 @@ def main(prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -10,16 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 WORKER = Path(__file__).parent / "nan_step_worker.py"
 
 
-def test_a_nan_on_one_of_two_gloo_processes_is_skipped_by_both(tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])  # host checks; device checks (fused Adam)
+def test_a_nan_on_one_of_two_gloo_processes_is_skipped_by_both(tmp_path, optimizer):
     import nan_step_worker as worker
 
     prefix = tmp_path / "ranks"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(WORKER), str(prefix)], capture_output=True, text=True, env=env, timeout=180)
+                           str(WORKER), str(prefix), optimizer], capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads(Path(f"{prefix}.{rank}.json").read_text()) for rank in (0, 1)]
     expected = [None] * worker.STEPS

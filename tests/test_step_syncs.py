@@ -9,13 +9,13 @@ import contextlib
 
 import pytest
 import torch
-from torch import nn
 
 from kdengine.recipe import TrainSpec
 from kdengine.recipe.optimizers import AdamSpec, ConstantSchedule
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.optim import Schedule, build_optimizer
 from kdengine.train.step import PROBLEM_READ_STEPS, read_deferred, train_step
+from nan_step_worker import Objective  # tests/ is on the path: a linear classifier
 
 #: The tensor methods that copy a value to the host and so wait for the device.
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
@@ -39,17 +39,6 @@ def counting_host_reads():
     finally:
         for name, original in saved.items():
             setattr(torch.Tensor, name, original)
-
-
-class Objective(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.student = nn.Linear(3, 2)
-
-    def forward(self, inputs, targets, teacher_out=None, teacher_features=None):
-        output = self.student(inputs)
-        return output, [nn.functional.cross_entropy(output, targets)]
 
 
 def set_up(**train):

@@ -141,10 +141,10 @@ def optimised(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = stage_module.build_optimizer
 
-    def spy(params, spec):
+    def spy(params, spec, **options):
         params = list(params.parameters() if isinstance(params, torch.nn.Module) else params)
         sizes.append(sum(p.numel() for p in params if p.requires_grad))
-        return real(params, spec)
+        return real(params, spec, **options)
 
     monkeypatch.setattr(stage_module, "build_optimizer", spy)
     return sizes

@@ -106,31 +106,33 @@ def test_the_rows_of_a_step_are_a_function_of_seed_epoch_and_step_and_split_over
 # --------------------------------------------------------------------------------------- runs
 
 
-def rows_per_stage(monkeypatch):
-    """The rows of every student forward pass in training, by stage."""
+def steps_per_stage(monkeypatch, record):
+    """``record(term_names, inputs, targets, labelled)`` of every training step, by stage."""
+    import kdengine.train.run as run_module
     import kdengine.train.stage as stage_module
 
-    seen: dict[str, list[tuple[int, int | None]]] = {}
-    real = stage_module.train_step
-
-    def spy(accelerator, objective, optimizer, schedule, train, weights, names, inputs, targets, teach, micro,
-            labelled=None):
-        seen.setdefault(current[0], []).append((inputs.shape[0], labelled))
-        return real(accelerator, objective, optimizer, schedule, train, weights, names, inputs, targets, teach, micro,
-                    labelled=labelled)
-
+    seen: dict[str, list] = {}
     current = [""]
-    real_train_stage = stage_module.train_stage
+    real_step, real_stage = stage_module.train_step, stage_module.train_stage
+
+    def step_spy(accelerator, objective, optimizer, schedule, train, weights, names, inputs, targets, teach, micro,
+                 labelled=None):
+        seen.setdefault(current[0], []).append(record(names, inputs, targets, labelled))
+        return real_step(accelerator, objective, optimizer, schedule, train, weights, names, inputs, targets, teach,
+                         micro, labelled=labelled)
 
     def stage_spy(ctx, plan, *args, **kwargs):
         current[0] = plan.name
-        return real_train_stage(ctx, plan, *args, **kwargs)
+        return real_stage(ctx, plan, *args, **kwargs)
 
-    import kdengine.train.run as run_module
-
-    monkeypatch.setattr(stage_module, "train_step", spy)
+    monkeypatch.setattr(stage_module, "train_step", step_spy)
     monkeypatch.setattr(run_module, "train_stage", stage_spy)
     return seen
+
+
+def rows_per_stage(monkeypatch):
+    """The rows of every student forward pass in training, by stage, and how many are labelled."""
+    return steps_per_stage(monkeypatch, lambda names, inputs, targets, labelled: (inputs.shape[0], labelled))
 
 
 def test_only_the_distilled_stage_trains_on_transfer_rows(tmp_path, monkeypatch):
@@ -143,8 +145,12 @@ def test_only_the_distilled_stage_trains_on_transfer_rows(tmp_path, monkeypatch)
     assert all(np.isfinite(list(r.losses.values())).all() for r in results.stage("distilled").history)
 
 
-def test_the_cache_holds_the_transfer_rows_and_teaches_as_the_teacher_does(tmp_path):
+@pytest.mark.parametrize("augment", ["crop_flip", "strong"])
+def test_the_cache_holds_the_transfer_rows_and_teaches_as_the_teacher_does(tmp_path, augment):
+    """Consistent teaching: the teacher's cached outputs are its outputs on the very views the
+    student trains on, strongly augmented ones included (each view replayed for the cache)."""
     inline = with_transfer(tmp_path, ratio=0.5)
+    inline["data"]["transfer"]["params"]["augment"] = augment
     inline["teacher"]["train"] = False
     inline["train"]["baseline"] = False
     cached = copy.deepcopy(inline)
@@ -222,3 +228,70 @@ def test_cache_teacher_builds_the_cache_a_run_with_a_transfer_set_reads(tmp_path
     monkeypatch.setattr(CachedTeacher, "load", no_teacher)
     kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [built[0].path.name]
+
+
+# ------------------------------------------------------------------ the hard-label baseline
+
+
+def test_the_hard_label_baseline_trains_scratch_on_the_transfer_rows_as_the_teacher_labels_them(tmp_path,
+                                                                                                monkeypatch):
+    """``train.baseline_transfer``: a ``scratch-transfer`` stage trains the label terms alone on
+    every row, the transfer rows' targets being the teacher's thresholded edge map; scratch never
+    sees the transfer rows; the report says which stage saw what."""
+    from kdengine_edges.provider import EdgeProvider
+
+    labelled_by_teacher = []
+    real_labels = EdgeProvider.teacher_labels
+
+    def labels_spy(self, output, targets):
+        labels = real_labels(self, output, targets)
+        labelled_by_teacher.append((output.detach().clone(), labels.clone()))
+        return labels
+
+    monkeypatch.setattr(EdgeProvider, "teacher_labels", labels_spy)
+    steps = steps_per_stage(monkeypatch, lambda names, inputs, targets, labelled: (
+        inputs.shape[0], targets.shape[0], labelled, tuple(names)))
+    recipe = with_transfer(tmp_path, ratio=0.5)
+    recipe["train"]["baseline_transfer"] = True
+    recipe["loss"] = [{"name": "weighted_bce", "weight": 0.5, "params": {"pos_weight": 10.0}},
+                      {"name": "sigmoid_mse", "weight": 0.5}]
+    results = kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
+    assert [s.stage for s in results.stages] == ["teacher", "scratch", "scratch-transfer", "distilled"]
+    label_terms = ("weighted_bce",)
+    assert set(steps["scratch"]) == {(4, 4, None, label_terms)}  # never a transfer row
+    assert set(steps["scratch-transfer"]) == {(6, 6, None, label_terms)}  # 4 labelled + 2 the teacher labels
+    assert set(steps["distilled"]) == {(6, 4, 4, ("weighted_bce", "sigmoid_mse"))}
+    assert len(labelled_by_teacher) == len(steps["scratch-transfer"])
+    for output, labels in labelled_by_teacher:
+        assert output.shape[0] == 2 and torch.equal(labels, (output >= 0).float())
+        assert labels.sum() > 0  # a teacher's map, not an empty one
+    stage = results.stage("scratch-transfer")
+    assert "labelled by the teacher's hard labels" in stage.transfer and results.stage("scratch").transfer is None
+    report = (tmp_path / "runs").glob("*/results.md")
+    text = next(report).read_text()
+    assert "- student (scratch): never sees it" in text
+    assert "student (scratch + transfer, teacher's hard labels): 2 rows per step" in text
+
+
+def test_the_hard_label_baseline_needs_a_transfer_set(tmp_path):
+    recipe = copy.deepcopy(TINY_EDGE)
+    recipe["train"]["baseline_transfer"] = True
+    with pytest.raises(KDEngineError, match=r"train.baseline_transfer: .*needs a \[data.transfer\] set"):
+        kdengine.load_recipe(recipe)
+
+
+def test_a_dataset_that_cannot_turn_a_prediction_into_a_label_says_so():
+    from kdengine import DatasetProvider
+
+    with pytest.raises(KDEngineError, match="does not say how a teacher's output becomes its labels"):
+        DatasetProvider.teacher_labels(object(), torch.zeros(2, 3), torch.zeros(2))
+
+
+def test_classification_hard_labels_follow_the_targets_format():
+    from kdengine_classification.data import Digits
+
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    provider = Digits.__new__(Digits)
+    assert torch.equal(provider.teacher_labels(logits, torch.tensor([2, 0])), torch.tensor([1, 0]))
+    soft = provider.teacher_labels(logits, torch.full((4, 3), 1 / 3))  # Mixup or CutMix targets
+    assert torch.equal(soft, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))

@@ -66,6 +66,9 @@ class StageResult(BaseModel):
     checkpoint: str | None = None
     #: The stage that taught this one (None: trained on the labels alone).
     teacher: str | None = None
+    #: How the stage used ``[data.transfer]``: its rows per step, the set, and what labelled them
+    #: (None: the stage never saw it).
+    transfer: str | None = None
     #: Position in a progressive chain (the teacher is generation 1); None outside chains.
     generation: int | None = None
     #: Rows per forward/backward pass when ``train.max_memory`` split the batch (None: whole batch).

@@ -17,7 +17,7 @@ from accelerate.utils import slice_tensors
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from kdengine.errors import MissingSplitError
+from kdengine.errors import KDEngineError, MissingSplitError
 
 
 class Params(BaseModel):
@@ -180,6 +180,14 @@ class DatasetProvider(Component):
         return None when the task has no figure. Called once per run, on the main process.
         """
         return None
+
+    def teacher_labels(self, teacher_output: Any, targets: Any) -> Any:
+        """Hard labels for transfer rows from the teacher's output on them, in the format of
+        ``targets`` (the labelled rows' targets of the same step), so that the two concatenate:
+        what ``train.baseline_transfer`` trains its scratch student on. The default raises: a
+        dataset says how its task turns a prediction into a label (a class, an edge map)."""
+        raise KDEngineError(f"dataset {type(self).__name__} does not say how a teacher's output becomes its "
+                            "labels (DatasetProvider.teacher_labels), which train.baseline_transfer needs")
 
     def batch_augment(self, inputs: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
         """Augment a training batch on the device (for example CutMix/Mixup).

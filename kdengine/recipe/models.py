@@ -112,6 +112,10 @@ class TrainSpec(_Section):
     channels_last: bool = False
     #: Also train the student from scratch, with the same seed and budget, for the comparison.
     baseline: bool = True
+    #: With ``[data.transfer]``: also train the student from scratch on the labels and the
+    #: transfer images with the teacher's hard labels (stage ``scratch-transfer``), so that a
+    #: reader can tell the teacher's knowledge from the extra images.
+    baseline_transfer: bool = False
     #: Metric choosing the best epoch; defaults to the first metric's (first) value.
     monitor: str | None = None
     #: The split that every choice during training is made on (best epoch, plateau schedule, a
@@ -308,6 +312,11 @@ class Recipe(_Section):
         if self.data.transfer is not None and self.train.max_memory is not None:
             raise ValueError("data.transfer: a transfer set trains each batch in one pass; it cannot be "
                              "combined with train.max_memory (lower train.batch_size or data.transfer.ratio)")
+        if self.train.baseline_transfer and self.data.transfer is None:
+            raise ValueError("train.baseline_transfer: trains scratch on the transfer images with the teacher's "
+                             "hard labels, so it needs a [data.transfer] set")
+        if self.train.baseline_transfer and self.generation is not None:
+            raise ValueError("train.baseline_transfer: is for a [student] recipe, not a progressive chain")
         return self
 
     @model_validator(mode="after")

@@ -2,7 +2,8 @@
 
 A plain recipe has three: ``teacher`` (trained, fine-tuned from pretrained weights, loaded, or
 used as its factory delivers it), ``scratch`` (the student without the teacher, when
-``train.baseline``) and ``distilled``. A progressive recipe has the teacher, then one
+``train.baseline``), ``scratch-transfer`` (with ``train.baseline_transfer``: scratch on the labels
+and on the transfer images with the teacher's hard labels) and ``distilled``. A progressive recipe has the teacher, then one
 stage per ``[[generation]]``, each taught by an earlier stage, optionally each with its scratch
 baseline (``<name>-scratch``) and a ``direct`` stage: the last generation's student distilled
 straight from the teacher, to show whether the intermediate generations help.
@@ -32,6 +33,9 @@ class StagePlan:
     generation: int | None = None
     #: Epochs at the start of the stage in which only the classifier head trains.
     freeze_backbone_epochs: int = 0
+    #: The teacher only labels the transfer rows (its hard labels, for the label terms): the
+    #: ``scratch-transfer`` baseline of ``train.baseline_transfer``.
+    teacher_labels: bool = False
 
 
 def plan_stages(recipe: Recipe) -> list[StagePlan]:
@@ -42,6 +46,9 @@ def plan_stages(recipe: Recipe) -> list[StagePlan]:
     if not chain:
         if recipe.train.baseline:
             stages.append(StagePlan("scratch", "student", recipe.student, "student", recipe.train))
+        if recipe.train.baseline_transfer:
+            stages.append(StagePlan("scratch-transfer", "student", recipe.student, "student", recipe.train,
+                                    teacher="teacher", teacher_labels=True))
         stages.append(StagePlan("distilled", "student", recipe.student, "student", recipe.train, teacher="teacher"))
         return stages
     previous = "teacher"

@@ -37,6 +37,17 @@ def step_notes(results: Results) -> list[str]:
     return ["", "Steps without an update:", ""] + lines if lines else []
 
 
+def transfer_notes(results: Results) -> list[str]:
+    """Which stages trained on the transfer set (``[data.transfer]``) and with what targets, and
+    which never saw it: a distilled student's gain over scratch may be the extra images'."""
+    if not any(s.transfer for s in results.stages):
+        return []
+    lines = ["", "Transfer set:", ""]
+    lines += [f"- {stage_label(s.stage)}: " + (s.transfer or "never sees it") for s in results.stages
+              if s.stage != "teacher"]
+    return lines
+
+
 def write_report(results: Results, run_dir: Path, sample_figure: Path | None = None) -> Path:
     """``results.md`` and a self-contained ``report.html`` with every table and figure."""
     run_dir = Path(run_dir)
@@ -68,6 +79,7 @@ def write_report(results: Results, run_dir: Path, sample_figure: Path | None = N
         if results.skipped_samples > len(results.skipped_files):
             lines.append(f"- ... and {results.skipped_samples - len(results.skipped_files)} more")
     lines += step_notes(results)
+    lines += transfer_notes(results)
     for title, figure in (("Training curves", curves), ("Generations", generations), ("Samples", sample_figure)):
         if figure:
             lines += ["", f"## {title}", "", f"![{title.lower()}]({Path(figure).name})"]

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from kdengine.reporting.summary import SeedSummary, StageSummary
 
 
-STAGE_LABELS = {"teacher": "teacher", "scratch": "student (scratch)", "distilled": "student (distilled)"}
+STAGE_LABELS = {"teacher": "teacher", "scratch": "student (scratch)", "distilled": "student (distilled)",
+                "scratch-transfer": "student (scratch + transfer, teacher's hard labels)"}
 
 
 def format_params(n: int) -> str:

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdengine.io.atomic import atomic_write_text
+from kdengine.io.fingerprint import file_sha256
+from kdengine.teacher.cache import tensor_digest
+from kdengine.teacher.cached import default_cache_root
 from kdengine.teacher.keys import CacheKey, teacher_key
 
 if TYPE_CHECKING:
@@ -36,6 +39,16 @@ def score_key(ctx: "RunContext", plan: "StagePlan", weights_key: str) -> CacheKe
         monitor_split=recipe.train.monitor_split, precision=train.mixed_precision,
         channels_last=train.channels_last, eval_batch_size=train.eval_batch_size,
         num_processes=ctx.accelerator.num_processes)
+
+
+def scores_memo(ctx: "RunContext", plan: "StagePlan", teacher) -> Path | None:
+    """Where a given teacher's scores are kept beside its output cache (None without
+    ``teacher.cache``): keyed by its checkpoint's hash, or by ``teacher``'s weights without one."""
+    recipe, checkpoint = ctx.recipe, plan.spec.checkpoint
+    if not recipe.teacher.cache:
+        return None
+    weights_key = file_sha256(Path(checkpoint)) if checkpoint is not None else tensor_digest(teacher)
+    return scores_file(default_cache_root(recipe, ctx.folder.path.parent), score_key(ctx, plan, weights_key))
 
 
 def scores_file(root: Path, key: CacheKey) -> Path:

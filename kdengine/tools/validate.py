@@ -140,8 +140,8 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
     plans = [plan for plan in plan_stages(recipe) if plan.role == "student"]
     models, by_architecture = {"teacher": teacher}, {}
     # The taught students first: a scratch baseline runs in no pair, so a taught twin stands in for it.
-    for plan in sorted(plans, key=lambda p: p.teacher is None):
-        if plan.teacher is None and describe(plan.spec) in by_architecture:
+    for plan in sorted(plans, key=lambda p: p.teacher is None or p.teacher_labels):
+        if (plan.teacher is None or plan.teacher_labels) and describe(plan.spec) in by_architecture:
             models[plan.name] = by_architecture[describe(plan.spec)]
             continue
         torch.manual_seed(recipe.run.seed)
@@ -198,7 +198,7 @@ def dry_run(source, overrides=(), layers: bool = False) -> DryRunReport:
         return _copies(taught[name])
 
     # Every distillation pair pushes the batch through all its loss terms (taps, adapters, shapes).
-    pairs = [p for p in plans if p.teacher is not None]
+    pairs = [p for p in plans if p.teacher is not None and not p.teacher_labels]  # scratch-transfer: label terms
     for plan in pairs:
         prefix = f"{plan.name}: " if len(pairs) > 1 else ""
         taught_here = outputs_of(plan.teacher)
@@ -269,7 +269,7 @@ def micro_batch_coupling(recipe: Recipe, models: dict) -> dict[str, list[str]]:
     for plan in plan_stages(recipe):
         if plan.train.max_memory is None or (plan.name == "teacher" and recipe.teacher.checkpoint is not None):
             continue
-        losses = StageLosses.of(recipe, taught=plan.teacher is not None)
+        losses = StageLosses.of(recipe, taught=plan.teacher is not None and not plan.teacher_labels)
         coupled = batch_coupled(models[plan.name], losses.terms, [spec.name for spec in losses.specs])
         if coupled:
             out[plan.name] = coupled

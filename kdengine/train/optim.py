@@ -38,14 +38,14 @@ def build_optimizer(params: torch.nn.Module | Iterable[torch.nn.Parameter], spec
     if spec.name == "sgd":
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
-            weight_decay=spec.weight_decay, fused=fused,
+            weight_decay=spec.weight_decay,  # unfused: see can_fuse
         )
     if spec.name == "adam":
         return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, fused=fused)
     return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, fused=fused)
 
 
-#: Devices whose fused SGD, Adam and AdamW kernels torch has.
+#: Devices whose fused Adam and AdamW kernels torch has.
 FUSED_DEVICES = ("cpu", "cuda")
 
 
@@ -53,7 +53,9 @@ def can_fuse(params: list) -> bool | None:
     """Whether the optimizer can be torch's fused one: every parameter a floating tensor on a
     device with fused kernels. Fused, an update is one kernel per parameter group, and it can be
     skipped on the device (``found_inf``), so a non-finite step costs no wait for the device
-    (:mod:`kdengine.train.step`). None lets torch choose its default."""
+    (:mod:`kdengine.train.step`). None lets torch choose its default. SGD stays unfused: torch's
+    fused SGD fails once some parameters have momentum buffers and others not yet (a backbone
+    released after ``freeze_backbone_epochs``), so its steps read their checks on the host."""
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     ok = bool(tensors) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in tensors)
     return True if ok else None

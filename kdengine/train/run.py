@@ -28,12 +28,9 @@ from kdengine.recipe.stages import StagePlan, plan_stages
 from kdengine.reporting.report import finish_run_report
 from kdengine.io.results import SKIPPED_LISTED, Results, StageResult
 from kdengine.reporting.tracking import RunTracking
-from kdengine.io.fingerprint import file_sha256
 from kdengine.reporting.progress import console
-from kdengine.teacher.cache import tensor_digest
-from kdengine.teacher.cached import default_cache_root
 from kdengine.teacher.given import given_teacher
-from kdengine.teacher.scores import TeacherScores, read_scores, score_key, scores_file, write_scores
+from kdengine.teacher.scores import TeacherScores, read_scores, scores_memo, write_scores
 from kdengine.teacher.sources import CachedTeacher, InlineTeacher, NoTeacher, TeacherSource
 from kdengine.train.accelerator import make_accelerator
 from kdengine.train.checkpointing import checkpointed_modules
@@ -109,10 +106,7 @@ def evaluate_given_teacher(ctx: RunContext, plan: StagePlan, load: Callable[[], 
     ctx.accelerator.use_precision(plan.train.mixed_precision)
     recipe, checkpoint = ctx.recipe, plan.spec.checkpoint
     teacher = None if checkpoint is not None else load()  # a teacher without a file is keyed by its weights
-    memo = None
-    if recipe.teacher.cache:
-        weights_key = file_sha256(Path(checkpoint)) if checkpoint is not None else tensor_digest(teacher)
-        memo = scores_file(default_cache_root(recipe, ctx.folder.path.parent), score_key(ctx, plan, weights_key))
+    memo = scores_memo(ctx, plan, teacher)
     stored = read_scores(memo) if memo is not None else None
     if stored is not None:
         monitored, tested, params = stored.monitored, stored.test, stored.params

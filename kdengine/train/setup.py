@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
-from accelerate.utils import slice_tensors
+from accelerate.utils import concatenate, slice_tensors
 from torch import nn
 
 from kdengine.errors import DataError, KDEngineError, located
@@ -26,6 +26,7 @@ from kdengine.train.objective import build_loss_terms, tap_paths, term_keys
 
 if TYPE_CHECKING:
     from kdengine.recipe.stages import StagePlan
+    from kdengine.teacher.base import StepTeacher
     from kdengine.train.context import RunContext
     from kdengine.train.transfer import TransferRows
 
@@ -76,7 +77,10 @@ class StageSetup:
             raise KDEngineError(f"{ctx.recipe.source}: data.transfer.ratio: {transfer.rows} transfer rows per step "
                                 f"do not split evenly over {processes} processes")
         augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
-        return cls(ctx, plan, StageLosses.of(ctx.recipe, taught), steps, sizes, augment, transfer)
+        # scratch-transfer (train.baseline_transfer): the teacher labels the transfer rows, and
+        # only the label terms train, as in the scratch baseline
+        losses = StageLosses.of(ctx.recipe, taught and not plan.teacher_labels)
+        return cls(ctx, plan, losses, steps, sizes, augment, transfer)
 
     @property
     def channels_last(self) -> bool:
@@ -112,6 +116,18 @@ class StageSetup:
             extra = self.transfer.batch(epoch, step, process, self.ctx.accelerator.num_processes)
             labelled, inputs = inputs.shape[0], torch.cat([inputs, extra.to(inputs.device)])
         return prepare_inputs(inputs, self.channels_last), targets, labelled
+
+    def with_teacher_labels(self, inputs: torch.Tensor, targets: Any, labelled: int | None,
+                            teach: "StepTeacher") -> tuple[Any, int | None, "StepTeacher"]:
+        """Under ``plan.teacher_labels``: the step's targets with the teacher's hard labels of its
+        transfer rows after the labelled rows' own (:meth:`DatasetProvider.teacher_labels`), every
+        row then labelled and nothing left to teach. Otherwise what it is given."""
+        if not self.plan.teacher_labels or labelled is None:
+            return targets, labelled, teach
+        with torch.no_grad():
+            output, _ = teach(inputs, slice(0, inputs.shape[0]))
+            extra = self.ctx.provider.teacher_labels(slice_tensors(output, slice(labelled, None)), targets)
+        return concatenate([targets, extra]), None, lambda x, rows: (None, {})
 
     def shares(self, batch: Any, epoch: int, step: int, with_transfer: bool = True
                ) -> list[tuple[torch.Tensor, Any, int | None]]:

@@ -98,6 +98,15 @@ def score_test(ctx: RunContext, plan: StagePlan, factory: ModelFactory, result: 
                                   plan.train.channels_last)
 
 
+def transfer_note(setup: StageSetup) -> str | None:
+    """What the results say about the stage's transfer rows (None: it has none)."""
+    if setup.transfer is None:
+        return None
+    targets = ("the teacher's hard labels, for the label terms" if setup.plan.teacher_labels
+               else "the teacher's outputs, for the distillation terms alone")
+    return f"{setup.transfer.rows} rows per step from '{setup.transfer.name}', labelled by {targets}"
+
+
 def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source: TeacherSource,
                 resume: TrainingState | None = None) -> StageResult:
     """Train the stage's model, taught by ``source``, and return its record; its best and last
@@ -152,7 +161,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                          generation=plan.generation, micro_batch=micro_batch, micro_batch_coupled=coupled,
                          teacher_inference=asdict(source.setting) if source.setting else None,
                          loss_weights=balanced.record() if balanced is not None else {},
-                         precision=train.mixed_precision)
+                         precision=train.mixed_precision, transfer=transfer_note(setup))
     best_value, first_epoch = None, 1
     if resume is not None:
         objective.load_state_dict(resume.objective)
@@ -192,6 +201,7 @@ def train_stage(ctx: RunContext, plan: StagePlan, factory: ModelFactory, source:
                 # augmented as the cache saw it; transfer rows, which the teacher alone labels, after
                 inputs, targets, labelled = setup.step_inputs(*batch, data_epoch, step, accelerator.process_index)
                 teach = source.step(data_epoch, step, accelerator.process_index)
+                targets, labelled, teach = setup.with_teacher_labels(inputs, targets, labelled, teach)
                 done = train_step(accelerator, objective, optimizer, schedule, train, epoch_weights, term_names,
                                   inputs, targets, teach, micro_batch, labelled=labelled)
                 if done.flags is None and done.known is not None:

@@ -58,6 +58,13 @@ class _Classification(DatasetProvider):
     def batch_augment(self, inputs, targets):
         return self._augment(inputs, targets)
 
+    def teacher_labels(self, teacher_output, targets):
+        """The teacher's top class; one-hot where the labelled rows carry soft targets (Mixup, CutMix)."""
+        classes = teacher_output.argmax(dim=1)
+        if targets.is_floating_point() and targets.dim() == 2:
+            return torch.nn.functional.one_hot(classes, targets.shape[1]).to(targets.dtype)
+        return classes.to(targets.dtype)
+
     @cached_property
     def _augment(self) -> BatchAugment:
         return BatchAugment(self.params.augment, self.info().num_classes, torch.tensor(self.mean), torch.tensor(self.std))

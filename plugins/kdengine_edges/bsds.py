@@ -35,7 +35,7 @@ from kdengine import fingerprint_files
 
 from kdengine_edges.provider import EdgeProvider
 from kdengine_edges.readers import read_bsds_boundaries, read_rgb
-from kdengine_edges.transforms import eval_target, random_crop_flip_resize, resize_image, resize_label
+from kdengine_edges.transforms import eval_target, resize_image, resize_label, train_view
 
 Split = Literal["train", "val", "test"]
 
@@ -116,8 +116,9 @@ def training_target(annotators: torch.Tensor, mode: str, consensus: float) -> to
 
 
 class BSDSTrain(torch.utils.data.Dataset):
-    def __init__(self, records, size: int, min_scale: float, target: str, consensus: float):
-        self.records, self.size, self.min_scale = records, size, min_scale
+    def __init__(self, records, size: int, min_scale: float, target: str, consensus: float,
+                 augment: str = "crop_flip"):
+        self.records, self.size, self.min_scale, self.augment = records, size, min_scale, augment
         self.target, self.consensus = target, consensus
 
     def __len__(self) -> int:
@@ -127,7 +128,7 @@ class BSDSTrain(torch.utils.data.Dataset):
         record = self.records[index]
         image = record.image.float() / 255.0
         label = training_target(record.annotators(), self.target, self.consensus)
-        return random_crop_flip_resize(image, label, self.size, self.min_scale)
+        return train_view(image, label, self.size, self.min_scale, self.augment)
 
 
 class BSDSEval(torch.utils.data.Dataset):
@@ -161,6 +162,8 @@ class BSDS500(EdgeProvider):
         size: int = Field(256, ge=16, le=2048, description="side of the square training crops")
         min_scale: float = Field(0.6, gt=0.0, le=1.0,
                                  description="smallest crop side, as a fraction of the short side")
+        augment: Literal["crop_flip", "strong"] = Field(
+            "crop_flip", description="train views: crop, flip, resize; strong: also a quarter turn and colour jitter")
         target: Literal["mean", "consensus"] = Field(
             "mean", description="training target: mean of annotators (soft) or consensus"
         )
@@ -245,7 +248,7 @@ class BSDS500(EdgeProvider):
 
     def train_set(self) -> torch.utils.data.Dataset:
         p = self.params
-        return BSDSTrain(self._records(p.train_splits), p.size, p.min_scale, p.target, p.consensus)
+        return BSDSTrain(self._records(p.train_splits), p.size, p.min_scale, p.target, p.consensus, p.augment)
 
     def _evaluation(self, splits, limit: int | None, scale: float) -> BSDSEval:
         records = self._records(splits)[:limit]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
@@ -23,7 +23,7 @@ from kdengine import fingerprint_files
 
 from kdengine_edges.provider import EdgeProvider
 from kdengine_edges.readers import IMAGE_SUFFIXES, read_gray, read_rgb
-from kdengine_edges.transforms import eval_target, random_crop_flip_resize
+from kdengine_edges.transforms import eval_target, train_view
 
 
 def pair_files(images: Path, edges: Path) -> list[tuple[Path, Path | None]]:
@@ -71,15 +71,15 @@ def _load(images: str, edges: str, soft: bool, threshold: float, skip: bool = Fa
 
 
 class FolderTrain(torch.utils.data.Dataset):
-    def __init__(self, items, size: int, min_scale: float):
-        self.items, self.size, self.min_scale = items, size, min_scale
+    def __init__(self, items, size: int, min_scale: float, augment: str = "crop_flip"):
+        self.items, self.size, self.min_scale, self.augment = items, size, min_scale, augment
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         image, mask = self.items[index]
-        return random_crop_flip_resize(image.float() / 255.0, mask, self.size, self.min_scale)
+        return train_view(image.float() / 255.0, mask, self.size, self.min_scale, self.augment)
 
 
 class FolderEval(torch.utils.data.Dataset):
@@ -113,6 +113,8 @@ class EdgeFolder(EdgeProvider):
                                      description="held out (last by name) when no test folders are given")
         size: int = Field(256, ge=16, le=2048, description="side of the square training crops")
         min_scale: float = Field(0.6, gt=0.0, le=1.0)
+        augment: Literal["crop_flip", "strong"] = Field(
+            "crop_flip", description="train views: crop, flip, resize; strong: also a quarter turn and colour jitter")
         soft: bool = Field(False, description="keep grey mask values as soft targets")
         threshold: float = Field(0.5, gt=0.0, le=1.0, description="mask value (0-1) of an edge")
 
@@ -173,7 +175,7 @@ class EdgeFolder(EdgeProvider):
         return {"train": items, "val": val, "test": test}
 
     def train_set(self) -> torch.utils.data.Dataset:
-        return FolderTrain(self._split()["train"], self.params.size, self.params.min_scale)
+        return FolderTrain(self._split()["train"], self.params.size, self.params.min_scale, self.params.augment)
 
     def val_set(self) -> torch.utils.data.Dataset:
         return FolderEval(self._split()["val"], self.params.threshold)

@@ -5,6 +5,7 @@ size, as BSDS500's own train images are cropped, so the student sees the same ki
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -13,15 +14,15 @@ from kdengine import DataError, MissingSplitError, Params, fingerprint_files
 
 from kdengine_edges.provider import EdgeProvider
 from kdengine_edges.readers import read_rgb
-from kdengine_edges.transforms import random_crop_flip_resize
+from kdengine_edges.transforms import train_view
 
 #: The image files a photo folder holds.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class PhotoCrops(torch.utils.data.Dataset):
-    def __init__(self, images: list[torch.Tensor], size: int, min_scale: float):
-        self.images, self.size, self.min_scale = images, size, min_scale
+    def __init__(self, images: list[torch.Tensor], size: int, min_scale: float, augment: str = "crop_flip"):
+        self.images, self.size, self.min_scale, self.augment = images, size, min_scale, augment
 
     def __len__(self) -> int:
         return len(self.images)
@@ -29,7 +30,7 @@ class PhotoCrops(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image = self.images[index].float() / 255.0
         no_label = torch.zeros(1, *image.shape[-2:])  # never read: transfer rows have no labels
-        return random_crop_flip_resize(image, no_label, self.size, self.min_scale)
+        return train_view(image, no_label, self.size, self.min_scale, self.augment)
 
 
 class PhotoFolder(EdgeProvider):
@@ -42,6 +43,8 @@ class PhotoFolder(EdgeProvider):
         size: int = Field(256, ge=16, le=2048, description="side of the square crops")
         min_scale: float = Field(0.6, gt=0.0, le=1.0,
                                  description="smallest crop side, as a fraction of the short side")
+        augment: Literal["crop_flip", "strong"] = Field(
+            "crop_flip", description="train views: crop, flip, resize; strong: also a quarter turn and colour jitter")
         min_side: int = Field(32, ge=1, description="leave out images whose short side is smaller")
 
     def files(self) -> list[Path]:
@@ -79,7 +82,7 @@ class PhotoFolder(EdgeProvider):
         if not images:
             raise DataError(f"{', '.join(map(str, self.params.roots))}: no image with a short side of at least "
                             f"min_side = {self.params.min_side} pixels")
-        return PhotoCrops(images, self.params.size, self.params.min_scale)
+        return PhotoCrops(images, self.params.size, self.params.min_scale, self.params.augment)
 
     def val_set(self):
         raise MissingSplitError("photo_folder has no labels, so no val split: it serves as a transfer set")

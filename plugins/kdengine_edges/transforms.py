@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 PAD = -1.0
 
@@ -52,6 +53,29 @@ def random_crop_flip_resize(
     if torch.rand(()).item() < 0.5:
         image, label = image.flip(-1), label.flip(-1)
     return resize_image(image, size, size), resize_label(label, size, size)
+
+
+#: The colour half of the "strong" views (built at import: building it on first use would draw
+#: from the RNG inside the first seeded item, and that item's view would not replay).
+COLOUR_JITTER = v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05)
+
+#: ``augment`` of the edge datasets' train images: "crop_flip" (a random crop, flip and resize) or
+#: "strong" (that, then a quarter turn and colour jitter): the strongly augmented views a patient,
+#: consistent teacher is distilled on (Beyer et al. 2022). Teacher and student always see the same
+#: view: it is drawn once per (epoch, image), replayed for the teacher-output cache.
+AUGMENTS = ("crop_flip", "strong")
+
+
+def train_view(image: torch.Tensor, label: torch.Tensor, size: int, min_scale: float,
+               augment: str = "crop_flip") -> tuple[torch.Tensor, torch.Tensor]:
+    """One training view of ``image`` (3xHxW in [0, 1]) and its ``label``, under ``augment``
+    (see :data:`AUGMENTS`). Uses torch's global RNG (seeded by the engine per epoch and image)."""
+    image, label = random_crop_flip_resize(image, label, size, min_scale)
+    if augment == "strong":
+        turns = int(torch.randint(0, 4, ()).item())  # edges have no up: any quarter turn is a true view
+        image, label = image.rot90(turns, (-2, -1)), label.rot90(turns, (-2, -1))
+        image = COLOUR_JITTER(image).clamp(0.0, 1.0)  # the label is where the edges are: unchanged
+    return image.contiguous(), label.contiguous()
 
 
 def _pad_to(t: torch.Tensor, channels: int, height: int, width: int, value: float) -> torch.Tensor:
