@@ -129,6 +129,9 @@ class TrainSpec(_Section):
     #: A non-finite loss, or non-finite gradients in bf16 or float32: stop the run (keeping the
     #: last good checkpoint), or skip the batch and count it in the results. (Under fp16 the
     #: gradient scaler skips an overflowed step itself, and the results count it as scaler_skipped.)
+    #: With Adam or AdamW the update is skipped on the device and the check read once per 32 steps,
+    #: so a stop comes up to 31 steps later (the failed step made no update; the steps after it did)
+    #: and a skipped batch still advances the learning-rate schedule by its step.
     on_nan: Literal["stop", "skip"] = "stop"
     num_workers: int = Field(0, ge=0)
     #: Cap on optimizer steps per epoch (quick experiments; None = the whole train split).
