@@ -96,7 +96,7 @@ def _which(dataset, pool) -> set[int]:
 def test_held_out_splits_are_disjoint_seeded_and_test_is_last_by_name(tmp_path):
     root = make_folder(tmp_path, count=10)
     data = EdgeFolder(params(root, test_fraction=0.2, val_fraction=0.25))
-    pool = [image for image, _ in data._items(root / "images", root / "edges")]  # sorted by name
+    pool = [image for (image, _), _ in data._items(root / "images", root / "edges")]  # sorted by name
     train, val, test = (_which(s, pool) for s in (data.train_set(), data.val_set(), data.test_set()))
     assert test == {8, 9} and len(val) == 2 and len(train) == 6
     assert not (train & val) and train | val | test == set(range(10))
@@ -120,3 +120,17 @@ def test_too_few_images_to_hold_out_is_a_data_error(tmp_path):
     root = make_folder(tmp_path, count=2)
     with pytest.raises(DataError, match="too few images"):
         EdgeFolder(params(root)).train_set()
+
+
+def test_split_files_name_the_held_out_images_so_a_transfer_set_cannot_hold_them(tmp_path):
+    from kdengine.train.transfer import refuse_overlap
+
+    root = make_folder(tmp_path, count=10)
+    data = EdgeFolder(params(root, test_fraction=0.2, val_fraction=0.25))
+    files = {split: data.split_files(split) for split in ("train", "val", "test")}
+    assert [len(files[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    assert sorted(files["train"] + files["val"] + files["test"]) == sorted((root / "images").iterdir())
+    assert files["test"] == sorted((root / "images").iterdir())[8:]  # held out last by name
+    refuse_overlap(files["train"], data, "data.transfer", "edge_folder")  # train images are fine
+    with pytest.raises(DataError, match="is the val image"):
+        refuse_overlap(files["val"][:1], data, "data.transfer", "edge_folder")

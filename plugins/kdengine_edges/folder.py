@@ -57,17 +57,22 @@ def load_pair(image_path: Path, mask_path: Path | None, edges: Path, soft: bool,
 
 @lru_cache(maxsize=8)
 def _load(images: str, edges: str, soft: bool, threshold: float, skip: bool = False):
-    """The pairs of two folders, and the bad ones left out (only with ``skip``; without it the
-    first bad pair raises its DataError)."""
+    """The pairs of two folders, each as ``((image, mask), image file)``, and the bad ones left out
+    (only with ``skip``; without it the first bad pair raises its DataError)."""
     items, bad = [], []
     for image_path, mask_path in pair_files(Path(images), Path(edges)):
         try:
-            items.append(load_pair(image_path, mask_path, Path(edges), soft, threshold))
+            items.append((load_pair(image_path, mask_path, Path(edges), soft, threshold), image_path))
         except DataError as exc:
             if not skip:
                 raise
             bad.append(exc)
     return tuple(items), tuple(bad)
+
+
+def _pairs(split: list) -> list:
+    """The (image, mask) pairs of a split, without their files."""
+    return [pair for pair, _ in split]
 
 
 class FolderTrain(torch.utils.data.Dataset):
@@ -155,7 +160,13 @@ class EdgeFolder(EdgeProvider):
             files += [f for pair in pair_files(images, edges) for f in pair if f is not None]
         return fingerprint_files(files)
 
-    def _split(self) -> dict[str, tuple]:
+    def split_files(self, split: str) -> list[Path]:
+        """The image files of a split, held-out ones included: a transfer set may hold none of
+        val's or test's."""
+        return [path for _, path in self._split()[split]]
+
+    def _split(self) -> dict[str, list]:
+        """Each split's ``((image, mask), image file)`` pairs."""
         p = self.params
         items = list(self._items(p.train_images, p.train_edges))
         if p.test_images is not None:
@@ -175,10 +186,10 @@ class EdgeFolder(EdgeProvider):
         return {"train": items, "val": val, "test": test}
 
     def train_set(self) -> torch.utils.data.Dataset:
-        return FolderTrain(self._split()["train"], self.params.size, self.params.min_scale, self.params.augment)
+        return FolderTrain(_pairs(self._split()["train"]), self.params.size, self.params.min_scale, self.params.augment)
 
     def val_set(self) -> torch.utils.data.Dataset:
-        return FolderEval(self._split()["val"], self.params.threshold)
+        return FolderEval(_pairs(self._split()["val"]), self.params.threshold)
 
     def test_set(self) -> torch.utils.data.Dataset:
-        return FolderEval(self._split()["test"], self.params.threshold)
+        return FolderEval(_pairs(self._split()["test"]), self.params.threshold)
