@@ -21,7 +21,7 @@ from kdengine.plugins.components import LossTerm, ModelFactory
 from kdengine.recipe import LossSpec, Recipe
 from kdengine.runtime.tensors import prepare_inputs, to_device
 from kdengine.teacher.replay import BatchAugmentStream
-from kdengine.train.context import steps_per_epoch
+from kdengine.train.context import step_sizes
 from kdengine.train.objective import build_loss_terms, tap_paths, term_keys
 
 if TYPE_CHECKING:
@@ -70,8 +70,7 @@ class StageSetup:
         train, rows, processes = plan.train, len(ctx.train_set), ctx.accelerator.num_processes
         if rows == 0:
             raise DataError(f"{ctx.recipe.source}: data: the train split is empty")
-        steps = steps_per_epoch(rows, train)
-        sizes = [min(train.batch_size, rows - s * train.batch_size) for s in range(steps)]
+        sizes = step_sizes(rows, train)
         transfer = ctx.transfer if taught else None  # the baselines and the teacher never see it
         if transfer is not None and transfer.rows % processes:
             raise KDEngineError(f"{ctx.recipe.source}: data.transfer.ratio: {transfer.rows} transfer rows per step "
@@ -80,7 +79,7 @@ class StageSetup:
         # scratch-transfer (train.baseline_transfer): the teacher labels the transfer rows, and
         # only the label terms train, as in the scratch baseline
         losses = StageLosses.of(ctx.recipe, taught and not plan.teacher_labels)
-        return cls(ctx, plan, losses, steps, sizes, augment, transfer)
+        return cls(ctx, plan, losses, len(sizes), sizes, augment, transfer)
 
     @property
     def channels_last(self) -> bool:
