@@ -295,3 +295,40 @@ def test_classification_hard_labels_follow_the_targets_format():
     assert torch.equal(provider.teacher_labels(logits, torch.tensor([2, 0])), torch.tensor([1, 0]))
     soft = provider.teacher_labels(logits, torch.full((4, 3), 1 / 3))  # Mixup or CutMix targets
     assert torch.equal(soft, torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
+
+def test_classification_transfer_rows_get_the_batch_augmentation_under_a_stream_of_their_own(tmp_path, monkeypatch):
+    """Classification augments on the batch (crop, flip, CutMix, Mixup): without the transfer rows
+    getting it too, they would reach teacher and student as the same plain image every epoch."""
+    from conftest import TINY_RECIPE
+
+    seen = steps_per_stage(monkeypatch, lambda names, inputs, targets, labelled: (
+        inputs[:labelled].clone(), inputs[labelled:].clone() if labelled is not None else None))
+
+    def distilled_rows(name, augment, transfer=True):
+        """(labelled rows, transfer rows) of each distilled step of a tiny digits run."""
+        recipe = copy.deepcopy(TINY_RECIPE)
+        recipe["data"]["params"]["augment"] = augment
+        recipe["train"].update(epochs=2, baseline=False)
+        recipe["teacher"]["train"] = False
+        if transfer:  # other digits
+            recipe["data"]["transfer"] = {"name": "digits", "ratio": 0.5,
+                                          "params": {"image_size": 8, "train_size": 200, "split_seed": 1}}
+        seen.clear()
+        kdengine.run(recipe, progress=False, output_dir=tmp_path / name)
+        return seen["distilled"]
+
+    strong = {"crop_padding": 2, "flip": True, "mixup_alpha": 1.0}
+    plain = distilled_rows("plain", {})
+    mixed = distilled_rows("mixed", strong)
+    again = distilled_rows("again", strong)
+    alone = distilled_rows("alone", strong, transfer=False)
+    assert len(plain) == len(mixed) == len(alone) == 4 and mixed[0][1].shape == (16, 1, 8, 8)
+    for (_, raw), (labelled, extra), (labelled_again, extra_again), (labelled_alone, _) in zip(plain, mixed, again, alone):
+        assert not torch.allclose(raw, extra)  # augmented ...
+        assert torch.equal(extra, extra_again) and torch.equal(labelled, labelled_again)  # ... reproducibly
+        assert torch.equal(labelled, labelled_alone)  # the labelled rows' own draws are untouched
+    # Mixup blends the transfer rows among themselves: no row is one plain image
+    assert not any(torch.equal(extra[i], raw[j]) for _, extra in mixed for _, raw in plain
+                   for i in range(16) for j in range(16))

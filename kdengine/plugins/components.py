@@ -197,6 +197,14 @@ class DatasetProvider(Component):
         """
         return inputs, targets
 
+    def transfer_augment(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Augment a step's transfer rows (``[data.transfer]``: images without labels) on the
+        device, as :meth:`batch_augment` does the labelled rows: the teacher and the student see
+        the same augmented view, and the teacher-output cache stores its outputs for that view.
+        Per-image views (crops, flips) belong to the transfer dataset's own items; this is for what
+        a task does to a whole batch. The default returns the rows unchanged."""
+        return inputs
+
 
 @dataclass
 class LossContext:

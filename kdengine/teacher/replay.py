@@ -88,16 +88,28 @@ class SeededItems(Dataset):
 
 
 class BatchAugmentStream:
-    """``provider.batch_augment`` under the seed of (seed, epoch, step, process)."""
+    """``provider.batch_augment`` under the seed of (seed, epoch, step, process), and
+    ``provider.transfer_augment`` for the step's transfer rows under a stream of its own (so that
+    adding a transfer set leaves the labelled rows' augmentation as it was)."""
 
-    def __init__(self, augment: Callable, seed: int, device: torch.device):
+    def __init__(self, augment: Callable, seed: int, device: torch.device,
+                 transfer_augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.augment = augment
+        self.transfer_augment = transfer_augment
         self.seed = seed
         self.device = device
 
     def __call__(self, inputs: Any, targets: Any, *, epoch: int, step: int, process: int = 0) -> tuple[Any, Any]:
         with seeded(stream_seed(self.seed, 2, epoch, step, process), self.device):
             return self.augment(inputs, targets)
+
+    def transfer(self, inputs: torch.Tensor, *, epoch: int, step: int, process: int = 0) -> torch.Tensor:
+        """This process's transfer rows of a step, augmented as a batch (unchanged without a
+        ``transfer_augment``)."""
+        if self.transfer_augment is None:
+            return inputs
+        with seeded(stream_seed(self.seed, 5, epoch, step, process), self.device):
+            return self.transfer_augment(inputs)
 
 
 def _same(a: Any, b: Any) -> bool:

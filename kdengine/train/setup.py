@@ -75,7 +75,7 @@ class StageSetup:
         if transfer is not None and transfer.rows % processes:
             raise KDEngineError(f"{ctx.recipe.source}: data.transfer.ratio: {transfer.rows} transfer rows per step "
                                 f"do not split evenly over {processes} processes")
-        augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device)
+        augment = BatchAugmentStream(ctx.provider.batch_augment, ctx.seed, ctx.device, ctx.provider.transfer_augment)
         # scratch-transfer (train.baseline_transfer): the teacher labels the transfer rows, and
         # only the label terms train, as in the scratch baseline
         losses = StageLosses.of(ctx.recipe, taught and not plan.teacher_labels)
@@ -113,7 +113,8 @@ class StageSetup:
         labelled = None
         if with_transfer and self.transfer is not None:
             extra = self.transfer.batch(epoch, step, process, self.ctx.accelerator.num_processes)
-            labelled, inputs = inputs.shape[0], torch.cat([inputs, extra.to(inputs.device)])
+            extra = self.augment.transfer(extra.to(inputs.device), epoch=epoch, step=step, process=process)
+            labelled, inputs = inputs.shape[0], torch.cat([inputs, extra])
         return prepare_inputs(inputs, self.channels_last), targets, labelled
 
     def with_teacher_labels(self, inputs: torch.Tensor, targets: Any, labelled: int | None,

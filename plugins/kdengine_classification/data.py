@@ -58,6 +58,14 @@ class _Classification(DatasetProvider):
     def batch_augment(self, inputs, targets):
         return self._augment(inputs, targets)
 
+    def transfer_augment(self, inputs):
+        """The transfer rows get the labelled rows' augmentation (crop, flip, jitter, CutMix or
+        Mixup among themselves): the images of a classification transfer set arrive un-augmented,
+        as its labelled ones do. The mixed labels are placeholders, dropped: the teacher labels
+        the mixed view."""
+        placeholder = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
+        return self._augment(inputs, placeholder)[0]
+
     def teacher_labels(self, teacher_output, targets):
         """The teacher's top class; one-hot where the labelled rows carry soft targets (Mixup, CutMix)."""
         classes = teacher_output.argmax(dim=1)
