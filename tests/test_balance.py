@@ -70,7 +70,7 @@ def toy_student(normalise: bool = True) -> nn.Module:
 def toy_batches(count: int = 3, rows: int = 8):
     generator = torch.Generator().manual_seed(1)
     no_teacher = lambda inputs, rows: (None, {})  # noqa: E731
-    return [(torch.randn(rows, 4, generator=generator), torch.randn(rows, 2, generator=generator), no_teacher)
+    return [(torch.randn(rows, 4, generator=generator), torch.randn(rows, 2, generator=generator), no_teacher, None)
             for _ in range(count)]
 
 
@@ -82,7 +82,7 @@ def independent_norms(objective: StudentObjective, batches) -> list[float]:
     """Each term's gradient norm w.r.t. the student, with .backward() per term, averaged."""
     params = [p for p in objective.student.parameters()]
     sums = [0.0] * len(objective.terms)
-    for inputs, targets, _ in batches:
+    for inputs, targets, _, _ in batches:
         _, values = objective(inputs, targets)
         for j, value in enumerate(values):
             objective.zero_grad(set_to_none=True)
@@ -391,10 +391,10 @@ def test_every_process_measures_the_auto_weights_on_the_whole_batch():
         plan = SimpleNamespace(train=SimpleNamespace(channels_last=False))
         augment = lambda x, y, epoch, step, process: (x + 100 * process, y)  # noqa: E731
         setup = StageSetup(ctx, plan, losses=None, steps=1, sizes=[4], augment=augment, transfer=None)
-        ((inputs, targets, teach),) = list(first_batches(setup, Source(), 1))
+        ((inputs, targets, teach, labelled),) = list(first_batches(setup, Source(), 1))
         x = batch[0]
         expected = torch.cat([x[:2], x[2:] + 100])
-        assert torch.equal(inputs, expected) and torch.equal(targets, batch[1])
+        assert torch.equal(inputs, expected) and torch.equal(targets, batch[1]) and labelled is None
         out, feats = teach(inputs, slice(1, 3))  # a micro-batch across the two shares
         assert torch.equal(out, torch.cat([expected[:2] * 2, expected[2:] * 2 + 1])[1:3])
         assert torch.equal(feats["f"], torch.cat([expected[:2], expected[2:] + 10])[1:3])

@@ -332,3 +332,38 @@ def test_classification_transfer_rows_get_the_batch_augmentation_under_a_stream_
     # Mixup blends the transfer rows among themselves: no row is one plain image
     assert not any(torch.equal(extra[i], raw[j]) for _, extra in mixed for _, raw in plain
                    for i in range(16) for j in range(16))
+
+
+def test_auto_weights_are_measured_on_the_rows_the_stage_trains_on_transfer_rows_included(tmp_path, monkeypatch):
+    import kdengine.train.balance as balance
+
+    measured = []
+    real = balance.measure_gradient_norms
+
+    def spy(objective, batches, **kwargs):
+        batches = list(batches)
+        measured.extend((inputs.shape[0], labelled) for inputs, _, _, labelled in batches)
+        return real(objective, batches, **kwargs)
+
+    monkeypatch.setattr(balance, "measure_gradient_norms", spy)
+    seen = rows_per_stage(monkeypatch)
+    recipe = with_transfer(tmp_path, ratio=0.5)
+    recipe["teacher"]["train"] = False
+    recipe["train"].update(baseline=False, balance_steps=2)
+    recipe["loss"][1].update(weight="auto", share=0.5)
+    results = kdengine.run(recipe, progress=False, output_dir=tmp_path / "runs")
+    assert measured == [(6, 4), (6, 4)] == seen["distilled"][:2]  # 4 labelled + 2 transfer rows, as trained
+    assert results.stage("distilled").loss_weights["sigmoid_mse"] > 0
+
+
+def test_the_processes_shares_put_together_keep_the_labelled_rows_first():
+    from kdengine.train.balance import labelled_first, whole_batch_teacher
+
+    order, labelled = labelled_first([(3, 2), (3, 2)])  # each process: 2 labelled rows, then 1 transfer row
+    assert order.tolist() == [0, 1, 3, 4, 2, 5] and labelled == 4
+    assert labelled_first([(2, None), (2, None)])[0].tolist() == [0, 1, 2, 3]
+    assert labelled_first([(2, None), (2, None)])[1] is None
+    taught = [(torch.tensor([[0.0], [1.0], [2.0]]), {"f": torch.tensor([0, 1, 2])}),
+              (torch.tensor([[3.0], [4.0], [5.0]]), {"f": torch.tensor([3, 4, 5])})]
+    outputs, features = whole_batch_teacher(taught, order)(None, slice(0, 6))
+    assert outputs.flatten().tolist() == [0, 1, 3, 4, 2, 5] and features["f"].tolist() == [0, 1, 3, 4, 2, 5]

@@ -308,7 +308,7 @@ def _check_pair(recipe: Recipe, teacher: nn.Module, taught: Taught, student: nn.
             with measuring:
                 objective = set_up_objective(student, terms, inputs, targets, lambda x: _copies(taught),
                                              names=names)
-            norms, _ = measure_gradient_norms(objective, [(inputs, targets, lambda x, rows: _copies(taught))])
+            norms, _ = measure_gradient_norms(objective, [(inputs, targets, lambda x, rows: _copies(taught), None)])
             shares = stage_shares(specs)
             weights = solve_weights(weights, shares, norms, loss_labels(recipe, specs), recipe.source)
             balanced = LossWeights(names, weights, shares, 1)

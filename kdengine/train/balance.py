@@ -43,8 +43,9 @@ if TYPE_CHECKING:
     from kdengine.train.context import RunContext
     from kdengine.train.setup import StageSetup
 
-#: One measured batch: inputs, targets and the teacher's outputs for it.
-Batch = tuple[torch.Tensor, Any, StepTeacher]
+#: One measured batch: inputs, targets, the teacher's outputs for it, and how many leading rows
+#: are labelled (None: all; the rest are transfer rows, whose targets are the teacher's alone).
+Batch = tuple[torch.Tensor, Any, StepTeacher, int | None]
 
 #: Under fp16 the per-term backward passes are scaled, as GradScaler scales training's, so that
 #: small gradients do not underflow to zero (the norms are divided back).
@@ -86,9 +87,9 @@ def _batch_norms(objective: StudentObjective, params: list[torch.Tensor], batch:
                  micro_batch: int | None, scale: float) -> list[float]:
     """Each term's gradient norm on one batch (as micro-batches under a memory budget, the
     gradients summed with each micro-batch's share of the rows: the batch's gradient)."""
-    inputs, targets, teach = batch
+    inputs, targets, teach, labelled = batch
     rows = inputs.shape[0]
-    width = micro_batch or rows
+    width = rows if labelled is not None else micro_batch or rows  # transfer rows: one pass, as in training
     sums: list[list[torch.Tensor]] | None = None
     for start in range(0, rows, width):
         part = slice(start, min(start + width, rows))
@@ -96,7 +97,7 @@ def _batch_norms(objective: StudentObjective, params: list[torch.Tensor], batch:
         x, y = (inputs, targets) if whole else (inputs[part], slice_tensors(targets, part))
         with autocast():
             t_out, t_feats = teach(x, part)
-            _, values = objective(x, y, t_out, t_feats)
+            _, values = objective(x, y, t_out, t_feats, labelled)
         factor = scale * (part.stop - part.start) / rows
         grads = [_term_gradient(v * factor, params, keep_graph=j < len(values) - 1) for j, v in enumerate(values)]
         sums = grads if sums is None else [[a + b for a, b in zip(s, g)] for s, g in zip(sums, grads)]
@@ -171,22 +172,38 @@ def first_batches(setup: "StageSetup", source: TeacherSource, count: int) -> Ite
     process's share of the rows (``split_batches``) augmented and taught as that process trains on
     it, put back together. The "auto" weights measured on them then do not depend on the process
     count: the gradient of a share of the rows is noisier, its norm larger, than the whole batch's.
-    The weights are measured on the labelled rows alone (no transfer rows): every term sees them."""
+    With a transfer set the batches hold the step's transfer rows too, as the stage trains on them
+    (the distillation terms' gradients come from every row, the label terms' from the labelled)."""
     for step, batch in enumerate(islice(setup.train_loader(1), count)):
-        shares = setup.shares(batch, 1, step, with_transfer=False)
+        shares = setup.shares(batch, 1, step)
         if len(shares) == 1:
-            inputs, targets, _ = shares[0]
-            yield inputs, targets, source.step(1, step, 0)
+            inputs, targets, labelled = shares[0]
+            yield inputs, targets, source.step(1, step, 0), labelled
             continue
         taught = [source.step(1, step, p)(x, slice(0, x.shape[0])) for p, (x, _, _) in enumerate(shares)]
-        yield (torch.cat([x for x, _, _ in shares]), concatenate([y for _, y, _ in shares]),
-               whole_batch_teacher(taught))
+        order, labelled = labelled_first([(x.shape[0], n) for x, _, n in shares])
+        yield (torch.cat([x for x, _, _ in shares])[order], concatenate([y for _, y, _ in shares]),
+               whole_batch_teacher(taught, order), labelled)
 
 
-def whole_batch_teacher(taught: list[tuple[Any, dict[str, torch.Tensor]]]) -> StepTeacher:
-    """One step's teacher for the whole batch, from each process's share of its outputs in order."""
-    outputs = None if taught[0][0] is None else concatenate([out for out, _ in taught])
-    features = {path: torch.cat([feats[path] for _, feats in taught]) for path in taught[0][1]}
+def labelled_first(shares: list[tuple[int, int | None]]) -> tuple[torch.Tensor, int | None]:
+    """The processes' shares of a step, each ``(rows, labelled rows or None)`` and each its
+    labelled rows first, put together as one batch whose labelled rows all come first (what the
+    objective's ``labelled`` means): the row order, and how many are labelled (None: all)."""
+    if all(labelled is None for _, labelled in shares):
+        return torch.arange(sum(rows for rows, _ in shares)), None
+    starts = [sum(rows for rows, _ in shares[:p]) for p in range(len(shares))]
+    own = [(start, rows if n is None else n, rows) for start, (rows, n) in zip(starts, shares)]
+    labelled = [i for start, n, _ in own for i in range(start, start + n)]
+    transfer = [i for start, n, rows in own for i in range(start + n, start + rows)]
+    return torch.tensor(labelled + transfer), len(labelled)
+
+
+def whole_batch_teacher(taught: list[tuple[Any, dict[str, torch.Tensor]]], order: torch.Tensor) -> StepTeacher:
+    """One step's teacher for the whole batch, from each process's share of its outputs in process
+    order, its rows put in ``order`` (the batch's)."""
+    outputs = None if taught[0][0] is None else slice_tensors(concatenate([out for out, _ in taught]), order)
+    features = {path: torch.cat([feats[path] for _, feats in taught])[order] for path in taught[0][1]}
     return lambda inputs, rows: slice_tensors((outputs, features), rows)
 
 

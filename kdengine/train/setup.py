@@ -104,14 +104,14 @@ class StageSetup:
         inputs, targets = to_device(next(iter(loader)), self.ctx.device)
         return prepare_inputs(inputs, self.channels_last), targets
 
-    def step_inputs(self, inputs: torch.Tensor, targets: Any, epoch: int, step: int, process: int,
-                    with_transfer: bool = True) -> tuple[torch.Tensor, Any, int | None]:
+    def step_inputs(self, inputs: torch.Tensor, targets: Any, epoch: int, step: int, process: int
+                    ) -> tuple[torch.Tensor, Any, int | None]:
         """One process's rows of a step as it trains on them: augmented under that process's
         draws, the transfer rows it adds after them, in the stage's memory format. Returns the
         inputs, the targets, and how many leading rows are labelled (None: all of them)."""
         inputs, targets = self.augment(inputs, targets, epoch=epoch, step=step, process=process)
         labelled = None
-        if with_transfer and self.transfer is not None:
+        if self.transfer is not None:
             extra = self.transfer.batch(epoch, step, process, self.ctx.accelerator.num_processes)
             extra = self.augment.transfer(extra.to(inputs.device), epoch=epoch, step=step, process=process)
             labelled, inputs = inputs.shape[0], torch.cat([inputs, extra])
@@ -129,17 +129,16 @@ class StageSetup:
             extra = self.ctx.provider.teacher_labels(slice_tensors(output, slice(labelled, None)), targets)
         return concatenate([targets, extra]), None, lambda x, rows: (None, {})
 
-    def shares(self, batch: Any, epoch: int, step: int, with_transfer: bool = True
-               ) -> list[tuple[torch.Tensor, Any, int | None]]:
+    def shares(self, batch: Any, epoch: int, step: int) -> list[tuple[torch.Tensor, Any, int | None]]:
         """A whole step's batch (every process's rows, as one loader on one process yields it)
         split the way the processes train on it, each share through :meth:`step_inputs`."""
         batch = to_device(batch, self.ctx.device)
         processes = self.ctx.accelerator.num_processes
         if processes == 1:
-            return [self.step_inputs(*batch, epoch, step, 0, with_transfer)]
+            return [self.step_inputs(*batch, epoch, step, 0)]
         share = self.sizes[step] // processes
-        return [self.step_inputs(*slice_tensors(batch, slice(p * share, (p + 1) * share)), epoch, step, p,
-                                 with_transfer) for p in range(processes)]
+        return [self.step_inputs(*slice_tensors(batch, slice(p * share, (p + 1) * share)), epoch, step, p)
+                for p in range(processes)]
 
     def teacher_inputs(self, epoch: int) -> Iterator[torch.Tensor]:
         """Every step's inputs of ``epoch``, all processes' rows in process order: what the
