@@ -190,13 +190,16 @@ def labelled_first(shares: list[tuple[int, int | None]]) -> tuple[torch.Tensor, 
     """The processes' shares of a step, each ``(rows, labelled rows or None)`` and each its
     labelled rows first, put together as one batch whose labelled rows all come first (what the
     objective's ``labelled`` means): the row order, and how many are labelled (None: all)."""
-    if all(labelled is None for _, labelled in shares):
-        return torch.arange(sum(rows for rows, _ in shares)), None
-    starts = [sum(rows for rows, _ in shares[:p]) for p in range(len(shares))]
-    own = [(start, rows if n is None else n, rows) for start, (rows, n) in zip(starts, shares)]
-    labelled = [i for start, n, _ in own for i in range(start, start + n)]
-    transfer = [i for start, n, rows in own for i in range(start + n, start + rows)]
-    return torch.tensor(labelled + transfer), len(labelled)
+    labelled: list[int] = []
+    transfer: list[int] = []
+    start = 0
+    for rows, n in shares:
+        n = rows if n is None else n
+        labelled += range(start, start + n)
+        transfer += range(start + n, start + rows)
+        start += rows
+    any_transfer = any(n is not None for _, n in shares)
+    return torch.tensor(labelled + transfer), len(labelled) if any_transfer else None
 
 
 def whole_batch_teacher(taught: list[tuple[Any, dict[str, torch.Tensor]]], order: torch.Tensor) -> StepTeacher:
