@@ -17,7 +17,8 @@
 # JOBS (parallel runs, one thread each; 2), TRANSFER_ROOTS (photo folders: McMaster, Set5 HR and
 # BSDS500 train, none of them a val or test image, which the engine checks), TRANSFER_RATIO (1.0),
 # PRECISION (bf16), AUGMENT (crop_flip, or strong: the consistent-teaching views), THRESHOLDS (11), OUT, RUNS, EXTRA (more --set options for every run, e.g. a
-# device's larger batch), EVAL_LIMIT (score the first N test images only: a smoke test), LOAD, PYTHON.
+# device's larger batch), EVAL_LIMIT (score the first N test images only: a smoke test), LOAD, PYTHON,
+# ABLATION (1; 0 leaves out the scratch+transfer row, e.g. for a longer budget on a 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,7 @@ THRESHOLDS=${THRESHOLDS:-11}
 RUNS=${RUNS:-runs/edge-transfer-e$EPOCHS}
 OUT=${OUT:-benchmarks/results/bsds500-transfer-e$EPOCHS.json}
 EXTRA=${EXTRA:-}
+ABLATION=${ABLATION:-1}
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
 
@@ -62,7 +64,7 @@ for seed in $SEEDS; do
   for row in plain transfer; do
     if ls "$RUNS/$row-$seed"/*/results.json > /dev/null 2>&1; then continue; fi  # done before
     if [ "$row" = plain ]; then one plain "$seed" & else one transfer "$seed" --set "$transfer" \
-        --set train.baseline=false --set train.baseline_transfer=true & fi
+        --set train.baseline=false --set "train.baseline_transfer=$([ "$ABLATION" = 1 ] && echo true || echo false)" & fi
     pending=$((pending + 1))
     if [ "$pending" -ge "$JOBS" ]; then wait -n; pending=$((pending - 1)); fi
   done
@@ -73,7 +75,9 @@ entries=()
 for seed in $SEEDS; do
   plain=$(dirname "$(ls "$RUNS/plain-$seed"/*/results.json)")
   with=$(dirname "$(ls "$RUNS/transfer-$seed"/*/results.json)")
-  for pair in "$plain:scratch,distilled" "$with:distilled,scratch-transfer"; do
+  with_stages=distilled
+  if [ "$ABLATION" = 1 ]; then with_stages=distilled,scratch-transfer; fi
+  for pair in "$plain:scratch,distilled" "$with:$with_stages"; do
     run=${pair%%:*} stages=${pair#*:}
     if ! ls "$run"/bsds_test_best_*.json > /dev/null 2>&1; then
       "$PYTHON" benchmarks/edges_bsds_eval.py "$run" --root "$ROOT" --thresholds "$THRESHOLDS" \
@@ -83,11 +87,12 @@ for seed in $SEEDS; do
     fi
   done
   entries+=(--entry "scratch=$plain:scratch" --entry "distilled=$plain:distilled"
-            --entry "distilled+transfer=$with:distilled" --entry "scratch+transfer=$with:scratch-transfer")
+            --entry "distilled+transfer=$with:distilled")
+  if [ "$ABLATION" = 1 ]; then entries+=(--entry "scratch+transfer=$with:scratch-transfer"); fi
 done
 wait
 
 "$PYTHON" benchmarks/record_bsds.py "${entries[@]}" --out "$OUT" \
-  --what "recipes/edge-bsds500.toml's U-Net MobileNetV2 student (random encoder init, $EPOCHS epochs, $PRECISION) taught by the teacher $TEACHER: scratch, distilled, distilled with a transfer set the teacher alone labels (photo_folder over $TRANSFER_ROOTS, $TRANSFER_RATIO transfer rows per labelled row), and scratch on the labels and that transfer set with the teacher's hard labels; $AUGMENT training views; epochs chosen by ODS on 30 val images at half size, test ODS/OIS/Dice once on the 200 test images at the val-best weights (edge NMS, $THRESHOLDS thresholds, every annotator)" \
-  --command "TEACHER=$TEACHER EPOCHS=$EPOCHS SEEDS='$SEEDS' TRANSFER_RATIO=$TRANSFER_RATIO AUGMENT=$AUGMENT EXTRA='$EXTRA' benchmarks/edge_transfer.sh" \
+  --what "recipes/edge-bsds500.toml's U-Net MobileNetV2 student (random encoder init, $EPOCHS epochs, $PRECISION) taught by the teacher $TEACHER: scratch, distilled, distilled with a transfer set the teacher alone labels (photo_folder over $TRANSFER_ROOTS, $TRANSFER_RATIO transfer rows per labelled row), $([ "$ABLATION" = 1 ] && echo "and scratch on the labels and that transfer set with the teacher's hard labels" || echo "(no scratch+transfer row)"); $AUGMENT training views; epochs chosen by ODS on 30 val images at half size, test ODS/OIS/Dice once on the 200 test images at the val-best weights (edge NMS, $THRESHOLDS thresholds, every annotator)" \
+  --command "TEACHER=$TEACHER EPOCHS=$EPOCHS SEEDS='$SEEDS' TRANSFER_RATIO=$TRANSFER_RATIO AUGMENT=$AUGMENT ABLATION=$ABLATION EXTRA='$EXTRA' benchmarks/edge_transfer.sh" \
   --load "${LOAD:-not recorded}"
