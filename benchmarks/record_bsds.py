@@ -89,7 +89,10 @@ def markdown_table(rows: dict) -> str:
                 return "-"
             if len(value["values"]) == 1:
                 return f"{value['mean']:.3f} (seed {value['seeds'][0]})"
-            return f"{value['mean']:.3f} ± {value['std']:.3f}"
+            text = f"{value['mean']:.3f} ± {value['std']:.3f}"
+            if len(value["values"]) < len(row["entries"]):  # not every seed scored: say which
+                text += f" (seeds {', '.join(str(s) for s in value['seeds'])})"
+            return text
         epochs = " / ".join(str(e["best_epoch"]) for e in row["entries"])
         lines.append(f"| {label} | {', '.join(str(e['seed']) for e in row['entries'])} | {cell('val_best', 'ods')} | {cell('test_best', 'ods')} | "
                      f"{cell('test_last', 'ods')} | {cell('test_best', 'ois')} | {cell('test_best', 'dice')} | {epochs} |")
