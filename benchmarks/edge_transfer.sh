@@ -37,6 +37,12 @@ RUNS=${RUNS:-runs/edge-transfer-e$EPOCHS}
 OUT=${OUT:-benchmarks/results/bsds500-transfer-e$EPOCHS.json}
 EXTRA=${EXTRA:-}
 ABLATION=${ABLATION:-1}
+if [ "$ABLATION" = 1 ]; then  # the transfer run's stages, decided once
+  baseline_transfer=true with_stages=distilled,scratch-transfer
+  ablation_what="and scratch on the labels and that transfer set with the teacher's hard labels"
+else
+  baseline_transfer=false with_stages=distilled ablation_what="(no scratch+transfer row)"
+fi
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
 
@@ -64,7 +70,7 @@ for seed in $SEEDS; do
   for row in plain transfer; do
     if ls "$RUNS/$row-$seed"/*/results.json > /dev/null 2>&1; then continue; fi  # done before
     if [ "$row" = plain ]; then one plain "$seed" & else one transfer "$seed" --set "$transfer" \
-        --set train.baseline=false --set "train.baseline_transfer=$([ "$ABLATION" = 1 ] && echo true || echo false)" & fi
+        --set train.baseline=false --set "train.baseline_transfer=$baseline_transfer" & fi
     pending=$((pending + 1))
     if [ "$pending" -ge "$JOBS" ]; then wait -n; pending=$((pending - 1)); fi
   done
@@ -75,8 +81,6 @@ entries=()
 for seed in $SEEDS; do
   plain=$(dirname "$(ls "$RUNS/plain-$seed"/*/results.json)")
   with=$(dirname "$(ls "$RUNS/transfer-$seed"/*/results.json)")
-  with_stages=distilled
-  if [ "$ABLATION" = 1 ]; then with_stages=distilled,scratch-transfer; fi
   for pair in "$plain:scratch,distilled" "$with:$with_stages"; do
     run=${pair%%:*} stages=${pair#*:}
     if ! ls "$run"/bsds_test_best_*.json > /dev/null 2>&1; then
@@ -88,11 +92,11 @@ for seed in $SEEDS; do
   done
   entries+=(--entry "scratch=$plain:scratch" --entry "distilled=$plain:distilled"
             --entry "distilled+transfer=$with:distilled")
-  if [ "$ABLATION" = 1 ]; then entries+=(--entry "scratch+transfer=$with:scratch-transfer"); fi
+  if [ "$baseline_transfer" = true ]; then entries+=(--entry "scratch+transfer=$with:scratch-transfer"); fi
 done
 wait
 
 "$PYTHON" benchmarks/record_bsds.py "${entries[@]}" --out "$OUT" \
-  --what "recipes/edge-bsds500.toml's U-Net MobileNetV2 student (random encoder init, $EPOCHS epochs, $PRECISION) taught by the teacher $TEACHER: scratch, distilled, distilled with a transfer set the teacher alone labels (photo_folder over $TRANSFER_ROOTS, $TRANSFER_RATIO transfer rows per labelled row), $([ "$ABLATION" = 1 ] && echo "and scratch on the labels and that transfer set with the teacher's hard labels" || echo "(no scratch+transfer row)"); $AUGMENT training views; epochs chosen by ODS on 30 val images at half size, test ODS/OIS/Dice once on the 200 test images at the val-best weights (edge NMS, $THRESHOLDS thresholds, every annotator)" \
+  --what "recipes/edge-bsds500.toml's U-Net MobileNetV2 student (random encoder init, $EPOCHS epochs, $PRECISION) taught by the teacher $TEACHER: scratch, distilled, distilled with a transfer set the teacher alone labels (photo_folder over $TRANSFER_ROOTS, $TRANSFER_RATIO transfer rows per labelled row), $ablation_what; $AUGMENT training views; epochs chosen by ODS on 30 val images at half size, test ODS/OIS/Dice once on the 200 test images at the val-best weights (edge NMS, $THRESHOLDS thresholds, every annotator)" \
   --command "TEACHER=$TEACHER EPOCHS=$EPOCHS SEEDS='$SEEDS' TRANSFER_RATIO=$TRANSFER_RATIO AUGMENT=$AUGMENT ABLATION=$ABLATION EXTRA='$EXTRA' benchmarks/edge_transfer.sh" \
   --load "${LOAD:-not recorded}"
